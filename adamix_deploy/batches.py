@@ -1,0 +1,59 @@
+"""Turn examples into token ids once, and ids into padded batches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from adamix_deploy.data import ClassificationExample, GenerationExample
+
+IGNORE_INDEX = -100  # label value that cross-entropy (and the consistency mask) skip
+DEFAULT_PROMPT_TEMPLATE = "{prompt}\n"
+
+
+def encode_classification(
+    tokenizer, examples: Sequence[ClassificationExample], labels: list[str], max_length: int
+) -> list[dict]:
+    label_ids = {label: i for i, label in enumerate(labels)}
+    texts = [e.text for e in examples]
+    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
+    return [
+        {**{k: encoded[k][i] for k in encoded.keys()}, "labels": label_ids[e.label]} for i, e in enumerate(examples)
+    ]
+
+
+def encode_generation(
+    tokenizer, examples: Sequence[GenerationExample], template: str, max_length: int
+) -> list[dict]:
+    """Prompt tokens are context (label ignored); target tokens and a closing eos are what the model learns."""
+    items = []
+    for e in examples:
+        prompt = tokenizer(template.format(prompt=e.prompt), add_special_tokens=False).input_ids
+        target = tokenizer(e.target, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+        ids = (prompt + target)[:max_length]
+        labels = ([IGNORE_INDEX] * len(prompt) + target)[:max_length]
+        items.append({"input_ids": ids, "labels": labels})
+    return items
+
+
+def collate(items: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest item; labels of padding are ignored."""
+    width = max(len(item["input_ids"]) for item in items)
+    batch: dict[str, torch.Tensor] = {}
+    for key in items[0]:
+        if key == "labels" and isinstance(items[0]["labels"], int):
+            batch["labels"] = torch.tensor([item["labels"] for item in items])
+            continue
+        fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}.get(key, 0)
+        batch[key] = torch.tensor([item[key] + [fill] * (width - len(item[key])) for item in items])
+    batch["attention_mask"] = torch.tensor(
+        [[1] * len(item["input_ids"]) + [0] * (width - len(item["input_ids"])) for item in items]
+    )
+    return batch
+
+
+def batched(items: Sequence, batch_size: int):
+    for start in range(0, len(items), batch_size):
+        yield items[start : start + batch_size]

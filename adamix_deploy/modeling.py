@@ -1,0 +1,65 @@
+"""Load a base model for a task and put a mixture into it: the one place that builds trainable models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging as transformers_logging
+
+from adamix_deploy.errors import AdamixError, ModelError
+from adamix_deploy.inject import MixtureSpec, freeze_all_but, inject_mixture, mixture_parameter_names
+
+TASKS = ("classification", "generation")
+
+
+def load_tokenizer(path: Path):
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelError(f"tokenizer in {path} has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(path: Path, task: str, labels: list[str] | None, tokenizer) -> tuple[torch.nn.Module, list[str]]:
+    """The base model with its task head; returns it and the names of newly initialised (head) parameters."""
+    if task not in TASKS:
+        raise AdamixError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    # Loading messages (a new head, unused weights, sharding notes) are expected here: keep them quiet.
+    transformers_logging.set_verbosity_error()
+    try:
+        if task == "classification":
+            assert labels is not None
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=len(labels),
+                id2label=dict(enumerate(labels)),
+                label2id={label: i for i, label in enumerate(labels)},
+                pad_token_id=tokenizer.pad_token_id,
+                output_loading_info=True,
+            )
+        else:
+            model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"cannot load a {task} model from {path}: {str(e).splitlines()[0]}") from None
+    parameter_names = {name for name, _ in model.named_parameters()}
+    head = sorted(name for name in info["missing_keys"] if name in parameter_names)
+    return model.float(), head
+
+
+def build_mixture_model(
+    path: Path, task: str, labels: list[str] | None, spec: MixtureSpec, tokenizer, head: list[str] | None = None
+) -> tuple[torch.nn.Module, list[str]]:
+    """Base model + mixture modules, base frozen: only the mixture parameters and the task head train, and
+    they are exactly the tensors a checkpoint stores. Returns the model and the head's parameter names
+    (``head`` given: those of a checkpoint; else the parameters the base checkpoint did not have)."""
+    model, new_head = load_base_model(path, task, labels, tokenizer)
+    head = new_head if head is None else head
+    inject_mixture(model, spec)
+    freeze_all_but(model, set(mixture_parameter_names(model)) | set(head))
+    return model, head

@@ -1,0 +1,1 @@
+"""Gradio demo page over export folders or a running server (issue: demo)."""

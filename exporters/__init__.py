@@ -1,0 +1,1 @@
+"""ONNX export, graph optimisation, quantisation and parity checks of merged AdaMix models (issue: export)."""
