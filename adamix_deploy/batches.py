@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import torch
@@ -12,16 +13,26 @@ IGNORE_INDEX = -100  # label value that cross-entropy (and the consistency mask)
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\n"
 
 
+def model_input_names(model) -> set[str]:
+    """Inputs the model's forward accepts: tokenizers may emit more (token_type_ids for models without them)."""
+    return set(inspect.signature(model.forward).parameters)
+
+
 def encode_classification(
-    tokenizer, examples: Sequence[ClassificationExample], labels: list[str], max_length: int
+    tokenizer,
+    examples: Sequence[ClassificationExample],
+    labels: list[str],
+    max_length: int,
+    accepted: set[str] | None = None,
 ) -> list[dict]:
+    if not examples:
+        return []
     label_ids = {label: i for i, label in enumerate(labels)}
     texts = [e.text for e in examples]
-    pairs = [e.text_pair for e in examples] if examples and examples[0].text_pair is not None else None
+    pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
     encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
-    return [
-        {**{k: encoded[k][i] for k in encoded.keys()}, "labels": label_ids[e.label]} for i, e in enumerate(examples)
-    ]
+    keys = [k for k in encoded.keys() if accepted is None or k in accepted]
+    return [{**{k: encoded[k][i] for k in keys}, "labels": label_ids[e.label]} for i, e in enumerate(examples)]
 
 
 def encode_generation(

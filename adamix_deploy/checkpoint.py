@@ -75,7 +75,9 @@ def read_config(folder: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: unknown checkpoint format {config.get('format') if isinstance(config, dict) else None!r}")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format {config.get('format') if isinstance(config, dict) else None!r}"
+        )
     if config.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: format version {config['format_version']} is newer than this adamix-deploy reads ({FORMAT_VERSION})"
@@ -108,7 +110,12 @@ def load_checkpoint(folder: str | Path, base_model: str | Path | None = None) ->
     tokenizer = load_tokenizer(folder)
     spec = MixtureSpec.from_dict(config["mixture"])
     model, _ = build_mixture_model(
-        base_model_path(config, base_model), config["task"], config.get("labels"), spec, tokenizer, config["head"]
+        base_model_path(config, base_model),
+        config["task"],
+        config.get("labels"),
+        spec,
+        tokenizer,
+        config["head"],
     )
     load_trainable_weights(model, weights, folder)
     model.eval()

@@ -36,6 +36,15 @@ def run_one_line_errors(command: click.Command) -> Callable[[], None]:
         except KeyboardInterrupt:
             click.echo(f"{command.name}: interrupted (the last saved checkpoint is intact)", err=True)
             sys.exit(130)
+        except Exception as e:  # a bug, not a user error: still one line, the traceback on request
+            if os.environ.get("ADAMIX_DEBUG"):
+                raise
+            first = str(e).splitlines()[0] if str(e) else ""
+            click.echo(
+                f"{command.name}: internal error: {type(e).__name__}: {first} (ADAMIX_DEBUG=1 shows the traceback)",
+                err=True,
+            )
+            sys.exit(1)
 
     return main
 
@@ -52,19 +61,29 @@ def _patterns(value: str | None) -> list[str] | None:
 @click.option("--output", required=True, type=click.Path(), help="Checkpoint folder to write.")
 @click.option("--method", type=click.Choice(["adapter", "lora", "head"]), default="adapter", show_default=True)
 @click.option("--experts", type=int, default=4, show_default=True, help="Experts per side; 1 = single module.")
-@click.option("--share", type=click.Choice(["up", "down", "none"]), default="up", show_default=True,
-              help="One shared module for this side (LoRA: down = A, up = B).")
+@click.option(
+    "--share",
+    type=click.Choice(["up", "down", "none"]),
+    default="up",
+    show_default=True,
+    help="One shared module for this side (LoRA: down = A, up = B).",
+)
 @click.option("--bottleneck", type=int, default=16, show_default=True, help="Adapter width.")
 @click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank.")
 @click.option("--lora-alpha", type=float, default=16.0, show_default=True)
 @click.option("--lora-dropout", type=float, default=0.0, show_default=True)
-@click.option("--placement", type=click.Choice(["ffn", "ffn+attn"]), default="ffn", show_default=True,
-              help="Adapter positions: after the FFN output (reference), optionally after attention too.")
+@click.option(
+    "--placement",
+    type=click.Choice(["ffn", "ffn+attn"]),
+    default="ffn",
+    show_default=True,
+    help="Adapter positions: after the FFN output (reference), optionally after attention too.",
+)
 @click.option("--targets", help="Comma-separated module-name patterns (regex), overriding family defaults.")
 @click.option("--consistency-weight", type=float, default=1.0, show_default=True)
 @click.option("--epochs", type=int, default=3, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, help="Default: 1e-3 adapter / head, 5e-4 LoRA.")
+@click.option("--lr", type=float, help="Default: 3e-3 adapter and LoRA, 2e-2 head only.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
 @click.option("--warmup-ratio", type=float, default=0.06, show_default=True)
 @click.option("--max-length", type=int, default=128, show_default=True)
@@ -76,10 +95,16 @@ def _patterns(value: str | None) -> list[str] | None:
 @click.option("--target-column")
 @click.option("--max-train-examples", type=int, help="A fixed seeded subset of the training file.")
 @click.option("--max-eval-examples", type=int)
-@click.option("--eval-routing", default="average", show_default=True,
-              help="average | random | ensemble | expert:i")
-@click.option("--generate-eval", type=int, default=0, show_default=True,
-              help="Generation: greedy-decode this many eval inputs at the end for BLEU / ROUGE-L.")
+@click.option(
+    "--eval-routing", default="average", show_default=True, help="average | random | ensemble | expert:i"
+)
+@click.option(
+    "--generate-eval",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Generation: greedy-decode this many eval inputs at the end for BLEU / ROUGE-L.",
+)
 @click.option("--max-new-tokens", type=int, default=64, show_default=True)
 @click.option("--save-every", type=int, default=0, show_default=True, help="Also checkpoint every N steps.")
 @click.option("--stop-after", type=int, help="Save and stop after N steps (continue with --resume).")
@@ -101,20 +126,44 @@ def train_cli(**o) -> None:
         if missing:
             raise click.UsageError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
     spec = MixtureSpec(
-        method=o["method"], experts=o["experts"], share=o["share"], rank=o["rank"], alpha=o["lora_alpha"],
-        lora_dropout=o["lora_dropout"], bottleneck=o["bottleneck"], placement=o["placement"],
+        method=o["method"],
+        experts=o["experts"],
+        share=o["share"],
+        rank=o["rank"],
+        alpha=o["lora_alpha"],
+        lora_dropout=o["lora_dropout"],
+        bottleneck=o["bottleneck"],
+        placement=o["placement"],
         targets=_patterns(o["targets"]),
     )
     options = TrainOptions(
-        model=o["model"] or "", task=o["task"] or "classification", train_file=o["train_file"] or "",
-        output=o["output"], eval_file=o["eval_file"], mixture=spec, consistency_weight=o["consistency_weight"],
-        epochs=o["epochs"], batch_size=o["batch_size"], lr=o["lr"], weight_decay=o["weight_decay"],
-        warmup_ratio=o["warmup_ratio"], max_length=o["max_length"], seed=o["seed"], text_column=o["text_column"],
-        pair_column=o["pair_column"], label_column=o["label_column"], prompt_column=o["prompt_column"],
-        target_column=o["target_column"], max_train_examples=o["max_train_examples"],
-        max_eval_examples=o["max_eval_examples"], eval_routing=o["eval_routing"],
-        generate_eval=o["generate_eval"], max_new_tokens=o["max_new_tokens"], save_every=o["save_every"],
-        stop_after=o["stop_after"], progress=not o["quiet"],
+        model=o["model"] or "",
+        task=o["task"] or "classification",
+        train_file=o["train_file"] or "",
+        output=o["output"],
+        eval_file=o["eval_file"],
+        mixture=spec,
+        consistency_weight=o["consistency_weight"],
+        epochs=o["epochs"],
+        batch_size=o["batch_size"],
+        lr=o["lr"],
+        weight_decay=o["weight_decay"],
+        warmup_ratio=o["warmup_ratio"],
+        max_length=o["max_length"],
+        seed=o["seed"],
+        text_column=o["text_column"],
+        pair_column=o["pair_column"],
+        label_column=o["label_column"],
+        prompt_column=o["prompt_column"],
+        target_column=o["target_column"],
+        max_train_examples=o["max_train_examples"],
+        max_eval_examples=o["max_eval_examples"],
+        eval_routing=o["eval_routing"],
+        generate_eval=o["generate_eval"],
+        max_new_tokens=o["max_new_tokens"],
+        save_every=o["save_every"],
+        stop_after=o["stop_after"],
+        progress=not o["quiet"],
     )
     result = train(options, resume=o["resume"], overwrite=o["overwrite"])
     click.echo(json.dumps(result, indent=2))

@@ -68,12 +68,16 @@ def read_rows(path: str | Path) -> list[dict]:
     rows = []
     for number, row in enumerate(reader, 2):
         if None in row or any(v is None for v in row.values()):
-            raise DataError(f"{path}:{number}: expected {len(reader.fieldnames or [])} columns, found another count")
+            raise DataError(
+                f"{path}:{number}: expected {len(reader.fieldnames or [])} columns, found another count"
+            )
         rows.append(row)
     return rows
 
 
-def _pick_column(path: Path, columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str) -> str:
+def _pick_column(
+    path: Path, columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str
+) -> str:
     if wanted:
         if wanted not in columns:
             raise DataError(f"{path}: no column {wanted!r} (columns: {', '.join(columns)})")
@@ -116,7 +120,9 @@ def read_classification(
         if label == "":
             raise DataError(f"{path}: example {number} has an empty label")
         if allowed is not None and label not in allowed:
-            raise DataError(f"{path}: example {number} has label {label!r}, not in the label set {sorted(allowed)}")
+            raise DataError(
+                f"{path}: example {number} has label {label!r}, not in the label set {sorted(allowed)}"
+            )
         text = str(row[text_col])
         pair = str(row[pair_column]) if pair_column else None
         examples.append(ClassificationExample(text, pair, label))

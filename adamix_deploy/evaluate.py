@@ -18,13 +18,19 @@ from adamix_deploy.routing import Routing
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy over labelled (target) positions."""
     return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
     )
 
 
 @torch.no_grad()
 def evaluate_classification(
-    model, encoded: Sequence[dict], pad_token_id: int, routing: Routing | str = "average", batch_size: int = 64
+    model,
+    encoded: Sequence[dict],
+    pad_token_id: int,
+    routing: Routing | str = "average",
+    batch_size: int = 64,
 ) -> dict:
     model.eval()
     set_routing(model, routing)
@@ -43,7 +49,11 @@ def evaluate_classification(
 
 @torch.no_grad()
 def evaluate_generation_loss(
-    model, encoded: Sequence[dict], pad_token_id: int, routing: Routing | str = "average", batch_size: int = 16
+    model,
+    encoded: Sequence[dict],
+    pad_token_id: int,
+    routing: Routing | str = "average",
+    batch_size: int = 16,
 ) -> dict:
     model.eval()
     set_routing(model, routing)
@@ -55,7 +65,12 @@ def evaluate_generation_loss(
         total += float(causal_lm_loss(model(**batch).logits, labels)) * n
         tokens += n
     loss = total / max(tokens, 1)
-    return {"loss": loss, "perplexity": float(torch.exp(torch.tensor(loss))), "tokens": tokens, "routing": str(routing)}
+    return {
+        "loss": loss,
+        "perplexity": float(torch.exp(torch.tensor(loss))),
+        "tokens": tokens,
+        "routing": str(routing),
+    }
 
 
 @torch.no_grad()
@@ -70,7 +85,8 @@ def generate_texts(
         texts = [template.format(prompt=p) for p in chunk]
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         generated = model.generate(
-            **batch,
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=tokenizer.eos_token_id,
@@ -89,5 +105,8 @@ def generation_scores(predictions: Sequence[str], references: Sequence[Sequence[
     streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
     bleu = sacrebleu.corpus_bleu(list(predictions), streams)
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [scorer.score_multi(list(refs), pred)["rougeL"].fmeasure for pred, refs in zip(predictions, references)]
+    rouge = [
+        scorer.score_multi(list(refs), pred)["rougeL"].fmeasure
+        for pred, refs in zip(predictions, references, strict=True)
+    ]
     return {"bleu": bleu.score, "rouge_l": 100 * sum(rouge) / len(rouge), "inputs": len(predictions)}

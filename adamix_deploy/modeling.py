@@ -26,7 +26,9 @@ def load_tokenizer(path: Path):
     return tokenizer
 
 
-def load_base_model(path: Path, task: str, labels: list[str] | None, tokenizer) -> tuple[torch.nn.Module, list[str]]:
+def load_base_model(
+    path: Path, task: str, labels: list[str] | None, tokenizer
+) -> tuple[torch.nn.Module, list[str]]:
     """The base model with its task head; returns it and the names of newly initialised (head) parameters."""
     if task not in TASKS:
         raise AdamixError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -53,7 +55,12 @@ def load_base_model(path: Path, task: str, labels: list[str] | None, tokenizer) 
 
 
 def build_mixture_model(
-    path: Path, task: str, labels: list[str] | None, spec: MixtureSpec, tokenizer, head: list[str] | None = None
+    path: Path,
+    task: str,
+    labels: list[str] | None,
+    spec: MixtureSpec,
+    tokenizer,
+    head: list[str] | None = None,
 ) -> tuple[torch.nn.Module, list[str]]:
     """Base model + mixture modules, base frozen: only the mixture parameters and the task head train, and
     they are exactly the tensors a checkpoint stores. Returns the model and the head's parameter names

