@@ -196,5 +196,15 @@ def models_resolve(name: str) -> None:
     click.echo(resolve_model(name))
 
 
+def _quickstart_cli() -> click.Command:
+    from adamix_deploy.quickstart import quickstart_cli
+
+    return quickstart_cli
+
+
 train_command = run_one_line_errors(train_cli)
 models_command = run_one_line_errors(models_cli)
+
+
+def quickstart_command() -> None:
+    run_one_line_errors(_quickstart_cli())()

@@ -184,6 +184,9 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
             else []
         )
     train_examples = seeded_subset(train_examples, options.max_train_examples, options.seed)
+    # BLEU needs every reference of an input: decoding draws its inputs from the whole eval file, while
+    # --max-eval-examples only bounds the per-epoch evaluation.
+    references = group_references(eval_examples)[: options.generate_eval] if options.task == "generation" else []
     eval_examples = seeded_subset(eval_examples, options.max_eval_examples, options.seed)
 
     model_path = resolve_model(options.model)
@@ -286,9 +289,9 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
     bar.close()
 
     final = {"eval": history[-1]["eval"] if history else {}}
-    if options.task == "generation" and options.generate_eval and eval_examples:
+    if references:
         set_routing(model, options.eval_routing)
-        grouped = group_references(eval_examples)[: options.generate_eval]
+        grouped = references
         predictions = generate_texts(
             model, tokenizer, [p for p, _ in grouped], options.prompt_template, options.max_new_tokens
         )

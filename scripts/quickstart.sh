@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# README command 1: set up .venv, then train the demo AdaMix mixtures end to end (reuses finished ones).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1
+.venv/bin/adamix-models list
+exec .venv/bin/adamix-quickstart "$@"
