@@ -93,10 +93,10 @@ def generation_parity(
     return report
 
 
-@torch.no_grad()
 def torch_greedy(model, eos_token_id: int | None, pad_token_id: int, steps: int):
     """A stage function for a PyTorch causal LM: greedy tokens (up to eos) and first-step logits."""
 
+    @torch.no_grad()
     def run(prompt_ids: list[int]) -> tuple[list[int], np.ndarray]:
         ids = torch.tensor([prompt_ids])
         first = model(input_ids=ids).logits[0, -1].float().numpy()
