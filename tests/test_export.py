@@ -281,7 +281,7 @@ def test_failed_parity_names_the_stage_and_writes_nothing(tiny_bert, tmp_path, m
     def broken_merge(model, method):  # a merge bug: one folded weight off by a little
         merged = merge_mixture_model(model, method)
         with torch.no_grad():
-            merged.bert.encoder.layer[0].attention.self.query.weight.add_(0.05)
+            merged.classifier.weight[0].add_(0.05)
         return merged
 
     ckpt = make_checkpoint(tiny_bert, "classification", MixtureSpec("lora", experts=2, rank=2), tmp_path / "ckpt")
