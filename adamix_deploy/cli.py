@@ -208,6 +208,26 @@ def export_cli(**o) -> None:
     )
 
 
+@click.command("adamix-eval")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--data-file", required=True, type=click.Path(), help="Labelled file (same format as training).")
+@click.option(
+    "--routing", "routings", multiple=True, help="Repeatable; default: average, ensemble, random, expert:i."
+)
+@click.option("--max-examples", type=int, help="A fixed seeded subset.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the subset and `random` routing.")
+@click.option("--base-model", help="Base model folder or packaged name, when not where the checkpoint says.")
+def eval_cli(checkpoint, data_file, routings, max_examples, seed, base_model) -> None:
+    """Compare routings of a checkpoint on a labelled file: what the average merge costs."""
+    from adamix_deploy.eval_routing import evaluate_routings
+
+    result = evaluate_routings(checkpoint, data_file, list(routings) or None, max_examples, seed, base_model)
+    for routing, metrics in result["routings"].items():
+        shown = f"accuracy {metrics['accuracy']:.4f}" if "accuracy" in metrics else f"loss {metrics['loss']:.4f}"
+        click.echo(f"{routing:12} {shown}", err=True)
+    click.echo(json.dumps(result, indent=2))
+
+
 @click.group("adamix-models")
 def models_cli() -> None:
     """Models that ship in PyPI packages, usable by short name in every command."""
@@ -243,6 +263,7 @@ def _quickstart_cli() -> click.Command:
 
 train_command = run_one_line_errors(train_cli)
 export_command = run_one_line_errors(export_cli)
+eval_command = run_one_line_errors(eval_cli)
 models_command = run_one_line_errors(models_cli)
 
 

@@ -289,3 +289,23 @@ def test_failed_parity_names_the_stage_and_writes_nothing(tiny_bert, tmp_path, m
     with pytest.raises(AdamixError, match="parity failed at stage merged_pytorch"):
         export_checkpoint(ckpt, tmp_path / "deploy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no export folder, no temporary leftovers
+
+
+def test_adamix_eval_compares_routings(tiny_bert, sentiment_files, tmp_path):
+    ckpt = make_checkpoint(
+        tiny_bert, "classification", MixtureSpec("lora", experts=3, share="none", rank=2), tmp_path / "c"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [str(BIN / "adamix-eval"), ckpt, "--data-file", sentiment_files[1]],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert list(report["routings"]) == ["average", "ensemble", "random", "expert:0", "expert:1", "expert:2"]
+    assert all(r["examples"] == 48 for r in report["routings"].values())
+    bad = subprocess.run([str(BIN / "adamix-eval"), ckpt, "--data-file", sentiment_files[1], "--routing", "expert:7"],
+                         capture_output=True, text=True, env=env)  # fmt: skip
+    assert bad.returncode == 2 and "expert:7 does not exist" in bad.stderr
