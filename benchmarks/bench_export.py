@@ -1,0 +1,280 @@
+"""Export benchmark (issue 3): latency of the merged exports against the base model, file sizes, int8 accuracy.
+
+    python benchmarks/bench_export.py all        # builds checkpoints and exports under benchmarks/results/tmp
+    python benchmarks/bench_export.py report
+
+MiniLM-L6 classifier, sequence length 128 (padded), batch 1 and 8: base model ONNX (no adaptation) vs
+merged-LoRA ONNX vs merged-adapter ONNX vs ONNX int8, and PyTorch unmerged mixture vs PyTorch merged.
+SmolLM2-135M greedy tokens/s: base ONNX vs merged-LoRA ONNX (our KV-cache loop) vs PyTorch generate.
+Every backend is timed in its own process (torch and onnxruntime thread pools fight over the cores);
+each figure is the median of the repeats; ratios compare figures from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+WORK = RESULTS / "tmp"
+DATA = ROOT.parent.parent / "shared" / "data"
+SST2 = DATA / "glue" / "SST-2"
+THREADS = 2
+
+
+def sh(*args: str) -> str:
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"failed: {' '.join(args)}\n{result.stderr[-3000:]}")
+    return result.stdout
+
+
+def cli(name: str, *args: str) -> None:
+    result = subprocess.run([str(Path(sys.executable).parent / name), *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{name} failed: {result.stderr[-3000:]}")
+
+
+def build() -> None:
+    """Checkpoints (trained on a seeded SST-2 subset) and their exports; reused when present."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    common = ["--task", "classification", "--train-file", str(SST2 / "train.tsv"), "--eval-file", str(SST2 / "dev.tsv"),
+              "--max-train-examples", "1000", "--max-length", "64", "--batch-size", "32", "--quiet"]  # fmt: skip
+    jobs = {
+        "cls-head": ["--method", "head", "--epochs", "1", "--max-train-examples", "64"],
+        "cls-lora": ["--method", "lora", "--experts", "4", "--epochs", "3"],
+        "cls-adapter": ["--method", "adapter", "--experts", "4", "--epochs", "1", "--max-train-examples", "64"],
+    }
+    for name, extra in jobs.items():
+        if not (WORK / name / "adamix_config.json").exists():
+            print(f"training {name}", flush=True)
+            cli("adamix-train", "--model", "minilm", *common, *extra, "--output", str(WORK / name), "--overwrite")
+        if not (WORK / f"{name}.onnx" / "adamix_manifest.json").exists():
+            print(f"exporting {name}", flush=True)
+            quant = ["--quantize", "int8"] if name == "cls-lora" else []
+            cli("adamix-export", "--merge", str(WORK / name), "--output", str(WORK / f"{name}.onnx"), *quant,
+                "--verify-file", str(SST2 / "dev.tsv"), "--overwrite")  # fmt: skip
+    gen = ["--task", "generation", "--train-file", str(DATA / "e2e/devset.csv"), "--max-train-examples", "16",
+           "--batch-size", "8", "--max-length", "64", "--epochs", "1", "--quiet"]  # fmt: skip
+    for name, extra in {
+        "gen-base": ["--method", "head"],
+        "gen-lora": ["--method", "lora", "--experts", "4"],
+    }.items():
+        if not (WORK / name / "adamix_config.json").exists():
+            print(f"training {name}", flush=True)
+            cli("adamix-train", "--model", "smollm2", *gen, *extra, "--output", str(WORK / name), "--overwrite")
+        if not (WORK / f"{name}.onnx" / "adamix_manifest.json").exists():
+            print(f"exporting {name}", flush=True)
+            cli(
+                "adamix-export", "--merge", str(WORK / name), "--output", str(WORK / f"{name}.onnx"), "--overwrite"
+            )
+
+
+def time_one(args) -> None:
+    """Runs in its own process: prints {"median_ms": ..., "runs_ms": [...]}."""
+    import numpy as np
+
+    texts = ["a gripping, funny and quietly devastating film " * 6] * args.batch
+    if args.backend.startswith("onnx"):
+        from tokenizers import Tokenizer
+
+        from serving.onnx_runtime import classify_logits, greedy_generate, open_session
+
+        folder = Path(args.model)
+        session = open_session(folder / args.file, threads=THREADS)
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        if args.task == "generation":
+            ids = tok.encode("name[The Eagle], eatType[coffee shop], food[Japanese], area[riverside]\n").ids
+            run = lambda: greedy_generate(session, ids, args.tokens, eos_token_id=None)  # noqa: E731
+        else:
+            tok.enable_truncation(128)
+            tok.enable_padding(length=128)
+            enc = tok.encode_batch(texts)
+            batch = {"input_ids": np.array([e.ids for e in enc]), "attention_mask": np.array([e.attention_mask for e in enc]),
+                     "token_type_ids": np.array([e.type_ids for e in enc])}  # fmt: skip
+            run = lambda: classify_logits(session, batch)  # noqa: E731
+    else:
+        import torch
+
+        from adamix_deploy.importers import detect_and_load
+        from adamix_deploy.merge import merge_mixture_model
+        from adamix_deploy.mixture import set_routing
+
+        torch.set_num_threads(THREADS)
+        ckpt = detect_and_load(Path(args.model))
+        set_routing(ckpt.model, "average")
+        model = merge_mixture_model(ckpt.model) if args.backend == "torch-merged" else ckpt.model
+        if args.task == "generation":
+            ids = ckpt.tokenizer("name[The Eagle], eatType[coffee shop], food[Japanese], area[riverside]\n",
+                                 return_tensors="pt", add_special_tokens=False).input_ids  # fmt: skip
+            run = lambda: model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.tokens,  # noqa: E731
+                                         min_new_tokens=args.tokens, do_sample=False, pad_token_id=0)  # fmt: skip
+        else:
+            batch = ckpt.tokenizer(
+                texts, padding="max_length", truncation=True, max_length=128, return_tensors="pt"
+            )
+            run = lambda: model(**batch)  # noqa: E731
+        torch.inference_mode().__enter__()
+    for _ in range(args.warmup):
+        run()
+    runs = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        run()
+        runs.append(1000 * (time.perf_counter() - start))
+    print(json.dumps({"median_ms": statistics.median(runs), "runs_ms": runs}))
+
+
+def measure() -> None:
+    rows = []
+    cases = [
+        ("base ONNX fp32", "onnx", "cls-head.onnx", "model.onnx"),
+        ("merged-LoRA ONNX fp32", "onnx", "cls-lora.onnx", "model.onnx"),
+        ("merged-adapter ONNX fp32", "onnx", "cls-adapter.onnx", "model.onnx"),
+        ("merged-LoRA ONNX int8", "onnx", "cls-lora.onnx", "model_int8.onnx"),
+        ("unmerged mixture PyTorch", "torch-mixture", "cls-lora", ""),
+        ("merged-LoRA PyTorch", "torch-merged", "cls-lora", ""),
+    ]
+    for batch in (1, 8):
+        for label, backend, folder, file in cases:
+            out = sh(__file__, "time", "--backend", backend, "--model", str(WORK / folder), "--file", file,
+                     "--batch", str(batch), "--repeats", "30" if batch == 1 else "15")  # fmt: skip
+            rows.append({"case": label, "batch": batch, "seq": 128, **json.loads(out)})
+            print(json.dumps(rows[-1] | {"runs_ms": None}), flush=True)
+    for label, backend, folder, file in [
+        ("base ONNX fp32 (KV cache)", "onnx", "gen-base.onnx", "model.onnx"),
+        ("merged-LoRA ONNX fp32 (KV cache)", "onnx", "gen-lora.onnx", "model.onnx"),
+        ("unmerged mixture PyTorch generate", "torch-mixture", "gen-lora", ""),
+        ("merged-LoRA PyTorch generate", "torch-merged", "gen-lora", ""),
+    ]:
+        out = sh(__file__, "time", "--backend", backend, "--model", str(WORK / folder), "--file", file, "--task",
+                 "generation", "--tokens", "32", "--repeats", "5", "--warmup", "1")  # fmt: skip
+        result = json.loads(out)
+        rows.append({"case": label, "tokens": 32, "tokens_per_s": 32 / (result["median_ms"] / 1000), **result})
+        print(json.dumps(rows[-1] | {"runs_ms": None}), flush=True)
+    sizes = {p.parent.name + "/" + p.name: p.stat().st_size for p in sorted(WORK.glob("*.onnx/*.onnx"))}
+    accuracy = int8_accuracy()
+    (RESULTS / "export.json").write_text(json.dumps({"latency": rows, "sizes": sizes, "int8": accuracy}, indent=1))
+    report()
+
+
+def int8_accuracy() -> dict:
+    """fp32 vs int8 ONNX accuracy of the trained merged-LoRA classifier on the full SST-2 dev set."""
+    out = sh(__file__, "accuracy", "--model", str(WORK / "cls-lora.onnx"))
+    return json.loads(out)
+
+
+def accuracy_one(args) -> None:
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from adamix_deploy.data import read_classification
+    from serving.onnx_runtime import classify_logits, open_session
+
+    folder = Path(args.model)
+    manifest = json.loads((folder / "adamix_manifest.json").read_text())
+    examples = read_classification(SST2 / "dev.tsv", labels=manifest["labels"])
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(128)
+    tok.enable_padding()
+    gold = np.array([manifest["labels"].index(e.label) for e in examples])
+    result = {"examples": len(examples)}
+    for file in ("model.onnx", "model_int8.onnx"):
+        session = open_session(folder / file, threads=THREADS)
+        predictions = []
+        for start in range(0, len(examples), 64):
+            enc = tok.encode_batch([e.text for e in examples[start : start + 64]])
+            batch = {"input_ids": np.array([e.ids for e in enc]), "attention_mask": np.array([e.attention_mask for e in enc]),
+                     "token_type_ids": np.array([e.type_ids for e in enc])}  # fmt: skip
+            predictions.append(classify_logits(session, batch).argmax(-1))
+        predictions = np.concatenate(predictions)
+        result[file] = float((predictions == gold).mean())
+        result.setdefault("predictions", {})[file] = predictions
+    result["prediction_agreement"] = float(
+        (result["predictions"]["model.onnx"] == result["predictions"]["model_int8.onnx"]).mean()
+    )
+    del result["predictions"]
+    print(json.dumps(result))
+
+
+def report() -> None:
+    data = json.loads((RESULTS / "export.json").read_text())
+    rows = data["latency"]
+    print("\n| MiniLM-L6 classifier, seq 128 | batch | median ms | vs base ONNX |\n|---|---|---|---|")
+    for batch in (1, 8):
+        base = next(r for r in rows if r.get("batch") == batch and r["case"] == "base ONNX fp32")["median_ms"]
+        for r in (r for r in rows if r.get("batch") == batch):
+            print(f"| {r['case']} | {batch} | {r['median_ms']:.2f} | {r['median_ms'] / base:.3f}x |")
+    gen = [r for r in rows if "tokens_per_s" in r]
+    if gen:
+        base = gen[0]["tokens_per_s"]
+        print("\n| SmolLM2-135M greedy, 32 tokens, batch 1 | tokens/s | vs base ONNX |\n|---|---|---|")
+        for r in gen:
+            print(f"| {r['case']} | {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / base:.3f}x |")
+    print("\n| file | MB |\n|---|---|")
+    for name, size in data["sizes"].items():
+        print(f"| {name} | {size / 1e6:.1f} |")
+    acc = data["int8"]
+    print(f"\nSST-2 dev ({acc['examples']} sentences), merged AdaMix-LoRA: fp32 ONNX accuracy {100 * acc['model.onnx']:.2f}%, "
+          f"int8 {100 * acc['model_int8.onnx']:.2f}%, predictions agree on {100 * acc['prediction_agreement']:.2f}%")  # fmt: skip
+    _plot(rows)
+
+
+def _plot(rows) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, batch in zip(axes, (1, 8), strict=True):
+        sel = [r for r in rows if r.get("batch") == batch]
+        ax.barh([r["case"] for r in sel], [r["median_ms"] for r in sel], color="#4c72b0")
+        ax.set_xlabel("median latency, ms")
+        ax.set_title(f"MiniLM-L6, seq 128, batch {batch} (2 threads)")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "export_latency.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    sub.add_parser("all")
+    sub.add_parser("report")
+    t = sub.add_parser("time")
+    t.add_argument("--backend", required=True)
+    t.add_argument("--model", required=True)
+    t.add_argument("--file", default="model.onnx")
+    t.add_argument("--task", default="classification")
+    t.add_argument("--batch", type=int, default=1)
+    t.add_argument("--tokens", type=int, default=32)
+    t.add_argument("--repeats", type=int, default=20)
+    t.add_argument("--warmup", type=int, default=3)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--model", required=True)
+    args = parser.parse_args()
+    if args.what == "all":
+        if not DATA.is_dir():
+            sys.exit(f"skipped: {DATA} not found")
+        build()
+        measure()
+    elif args.what == "report":
+        report()
+    elif args.what == "time":
+        time_one(args)
+    else:
+        accuracy_one(args)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT.parent))
+    main()
