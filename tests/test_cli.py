@@ -30,6 +30,15 @@ def run(command: str, *args, check: bool = True, debug: bool = True) -> subproce
     return result
 
 
+def test_train_classification_lora_end_to_end(tiny_bert, sentiment_files, tmp_path):
+    train_file, dev_file = sentiment_files
+    args = ["--model", tiny_bert, "--task", "classification", "--train-file", train_file, "--eval-file", dev_file]
+    result = run("adamix-train", *args, "--method", "lora", "--experts", "2", "--epochs", "1", "--quiet",
+                 "--output", tmp_path / "run")  # fmt: skip
+    summary = json.loads(result.stdout)
+    assert summary["method"] == "lora" and summary["metric"]["name"] == "accuracy"
+
+
 def test_train_classification_adapter_end_to_end(tiny_bert, sentiment_files, tmp_path):
     train_file, dev_file = sentiment_files
     result = run(
@@ -68,8 +77,10 @@ def test_train_classification_adapter_end_to_end(tiny_bert, sentiment_files, tmp
     }
 
 
-@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
-def test_train_generation_lora_end_to_end(request, fixture, e2e_files, tmp_path):
+@pytest.mark.parametrize(
+    ("fixture", "method"), [("tiny_gpt2", "lora"), ("tiny_llama", "lora"), ("tiny_llama", "adapter")]
+)
+def test_train_generation_end_to_end(request, fixture, method, e2e_files, tmp_path):
     train_file, dev_file = e2e_files
     result = run(
         "adamix-train",
@@ -82,7 +93,7 @@ def test_train_generation_lora_end_to_end(request, fixture, e2e_files, tmp_path)
         "--eval-file",
         dev_file,
         "--method",
-        "lora",
+        method,
         "--experts",
         "2",
         "--rank",
@@ -104,7 +115,7 @@ def test_train_generation_lora_end_to_end(request, fixture, e2e_files, tmp_path)
     assert set(summary["generation"]) == {"bleu", "rouge_l", "inputs"} and summary["generation"]["inputs"] == 3
     assert summary["eval"]["loss"] > 0
     config = json.loads((tmp_path / "run" / "adamix_config.json").read_text())
-    assert config["task"] == "generation" and config["mixture"]["method"] == "lora"
+    assert config["task"] == "generation" and config["mixture"]["method"] == method
 
 
 def bad_input_cases(tiny_bert, sentiment_files, tmp_path):
