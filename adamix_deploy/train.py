@@ -141,6 +141,29 @@ def _task_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> torch.T
     return causal_lm_loss(logits, labels)
 
 
+def load_examples(options: TrainOptions) -> tuple[list, list, list[str] | None, list[tuple[str, list[str]]]]:
+    """(train examples, eval examples, labels, generation references), subsets applied."""
+    eval_examples = []
+    if options.task == "classification":
+        columns = (options.text_column, options.pair_column, options.label_column)
+        train_examples = read_classification(options.train_file, *columns)
+        labels = label_set(train_examples)
+        if options.eval_file:
+            eval_examples = read_classification(options.eval_file, *columns, labels)
+    else:
+        labels = None
+        columns = (options.prompt_column, options.target_column)
+        train_examples = read_generation(options.train_file, *columns)
+        if options.eval_file:
+            eval_examples = read_generation(options.eval_file, *columns)
+    train_examples = seeded_subset(train_examples, options.max_train_examples, options.seed)
+    # BLEU needs every reference of an input: decoding draws its inputs from the whole eval file, while
+    # --max-eval-examples only bounds the per-epoch evaluation.
+    references = group_references(eval_examples)[: options.generate_eval] if options.task == "generation" else []
+    eval_examples = seeded_subset(eval_examples, options.max_eval_examples, options.seed)
+    return train_examples, eval_examples, labels, references
+
+
 def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) -> dict:
     """Train and write the mixture checkpoint to ``options.output``; returns the final summary."""
     output = Path(options.output)
@@ -163,31 +186,7 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
     torch.manual_seed(options.seed)
 
     # Data first: a bad file fails in a second, before any model is loaded.
-    if options.task == "classification":
-        train_examples = read_classification(
-            options.train_file, options.text_column, options.pair_column, options.label_column
-        )
-        labels = label_set(train_examples)
-        eval_examples = (
-            read_classification(
-                options.eval_file, options.text_column, options.pair_column, options.label_column, labels
-            )
-            if options.eval_file
-            else []
-        )
-    else:
-        labels = None
-        train_examples = read_generation(options.train_file, options.prompt_column, options.target_column)
-        eval_examples = (
-            read_generation(options.eval_file, options.prompt_column, options.target_column)
-            if options.eval_file
-            else []
-        )
-    train_examples = seeded_subset(train_examples, options.max_train_examples, options.seed)
-    # BLEU needs every reference of an input: decoding draws its inputs from the whole eval file, while
-    # --max-eval-examples only bounds the per-epoch evaluation.
-    references = group_references(eval_examples)[: options.generate_eval] if options.task == "generation" else []
-    eval_examples = seeded_subset(eval_examples, options.max_eval_examples, options.seed)
+    train_examples, eval_examples, labels, references = load_examples(options)
 
     model_path = resolve_model(options.model)
     tokenizer = load_tokenizer(model_path)
@@ -291,13 +290,11 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
     final = {"eval": history[-1]["eval"] if history else {}}
     if references:
         set_routing(model, options.eval_routing)
-        grouped = references
-        predictions = generate_texts(
-            model, tokenizer, [p for p, _ in grouped], options.prompt_template, options.max_new_tokens
-        )
-        final["generation"] = generation_scores(predictions, [refs for _, refs in grouped])
+        prompts = [p for p, _ in references]
+        predictions = generate_texts(model, tokenizer, prompts, options.prompt_template, options.max_new_tokens)
+        final["generation"] = generation_scores(predictions, [refs for _, refs in references])
         final["generation"]["samples"] = [
-            {"prompt": p, "prediction": t} for (p, _), t in zip(grouped[:3], predictions[:3], strict=True)
+            {"prompt": p, "prediction": t} for p, t in zip(prompts[:3], predictions[:3], strict=True)
         ]
     save(True, final)
     return summary(output, config, history, final, elapsed, step)
