@@ -96,6 +96,10 @@ class TrainOptions:
         self.mixture.validate()
         if self.task not in TASKS:
             raise AdamixError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task == "generation" and self.mixture.method == "head":
+            raise AdamixError(
+                "method head trains nothing for generation (a language model has no new head): use lora or adapter"
+            )
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise AdamixError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

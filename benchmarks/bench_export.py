@@ -78,6 +78,25 @@ def build() -> None:
             )
 
 
+def base_generation_checkpoint(folder: Path) -> None:
+    """SmolLM2 with no adaptation, as a (weightless) mixture checkpoint: the base-model reference export."""
+    from adamix_deploy.checkpoint import save_checkpoint
+    from adamix_deploy.inject import MixtureSpec
+    from adamix_deploy.modeling import build_mixture_model, load_tokenizer
+    from adamix_deploy.models import resolve_model
+
+    path = resolve_model("smollm2")
+    tokenizer = load_tokenizer(path)
+    spec = MixtureSpec("head")
+    model, head = build_mixture_model(path, "generation", None, spec, tokenizer)
+    config = {
+        "base_model": {"name": "smollm2", "path": str(path), "model_type": "llama", "architecture": type(model).__name__},
+        "task": "generation", "labels": None, "max_length": 64, "prompt_template": "{prompt}\n",
+        "mixture": spec.to_dict(), "head": head, "training": {"complete": True, "note": "untrained base"},
+    }  # fmt: skip
+    save_checkpoint(folder, config, model, tokenizer)
+
+
 def time_one(args) -> None:
     """Runs in its own process: prints {"median_ms": ..., "runs_ms": [...]}."""
     import numpy as np
@@ -249,6 +268,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("all")
+    sub.add_parser("build")
+    sub.add_parser("measure")
     sub.add_parser("report")
     t = sub.add_parser("time")
     t.add_argument("--backend", required=True)
@@ -266,6 +287,10 @@ def main() -> None:
         if not DATA.is_dir():
             sys.exit(f"skipped: {DATA} not found")
         build()
+        measure()
+    elif args.what == "build":
+        build()
+    elif args.what == "measure":
         measure()
     elif args.what == "report":
         report()

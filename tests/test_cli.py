@@ -150,6 +150,10 @@ def bad_input_cases(tiny_bert, sentiment_files, tmp_path):
         "bad routing": ([*base, "--eval-routing", "gate"], "unknown routing 'gate'"),
         "missing options": (["--train-file", train_file], "missing --model, --task"),
         "unknown method": ([*base, "--method", "prefix"], "'prefix' is not one of"),
+        "head for generation": (
+            ["--model", tiny_bert, "--task", "generation", "--train-file", train_file, "--method", "head"],
+            "method head trains nothing for generation",
+        ),
     }
 
 
