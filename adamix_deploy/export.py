@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from adamix_deploy.adapter import LinearWithAdapter
 from adamix_deploy.atomic import atomic_directory
+from adamix_deploy.batches import model_input_names
 from adamix_deploy.checkpoint import CONFIG_NAME, WEIGHTS_NAME, MixtureCheckpoint
 from adamix_deploy.data import group_references, read_classification, read_generation
 from adamix_deploy.errors import AdamixError
@@ -172,7 +173,7 @@ def _classification_parity(model, merged, tokenizer, variants, samples, reduced,
     max_length = config.get("max_length", 128)
     pt = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     np_batch = {k: v.numpy() for k, v in pt.items()}
-    accepted = set(torch_inputs(model))
+    accepted = model_input_names(model)
     pt = {k: v for k, v in pt.items() if k in accepted}
 
     def torch_stage(m):
@@ -196,12 +197,6 @@ def _generation_parity(model, merged, tokenizer, variants, prompts, reduced, tol
         session = open_session(path)
         stages[name] = lambda prompt, session=session: greedy_generate(session, prompt, steps, eos)
     return generation_parity(stages, ids, reduced, tolerance, steps)
-
-
-def torch_inputs(model) -> list[str]:
-    import inspect
-
-    return list(inspect.signature(model.forward).parameters)
 
 
 def _manifest(ckpt, source, merge_method, opset, parity, fusions, started, quantize, fp16) -> dict:
