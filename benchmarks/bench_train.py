@@ -204,7 +204,7 @@ def report() -> None:
                 print(
                     f"| {task} ({rs[0]['train_examples']} train / {rs[0]['eval_examples']} dev) | {name} | {len(rs)} | "
                     f"{_mean_std([r['average'] for r in rs])} | {_mean_std([r['ensemble'] for r in rs if 'ensemble' in r])} | "
-                    f"{_mean_std([r['random'] for r in rs if 'random' in r])} | {100 * rs[0]['trainable_share']:.2f}% | "
+                    f"{_mean_std([r['random'] for r in rs if 'random' in r])} | {100 * rs[0]['trainable_share']:.3f}% | "
                     f"{statistics.median(r['train_seconds'] for r in rs):.0f} |"
                 )
         _plot(glue)
