@@ -64,11 +64,10 @@ def build() -> None:
                 "--verify-file", str(SST2 / "dev.tsv"), "--overwrite")  # fmt: skip
     gen = ["--task", "generation", "--train-file", str(DATA / "e2e/devset.csv"), "--max-train-examples", "16",
            "--batch-size", "8", "--max-length", "64", "--epochs", "1", "--quiet"]  # fmt: skip
-    for name, extra in {
-        "gen-base": ["--method", "head"],
-        "gen-lora": ["--method", "lora", "--experts", "4"],
-    }.items():
-        if not (WORK / name / "adamix_config.json").exists():
+    if not (WORK / "gen-base" / "adamix_config.json").exists():
+        base_generation_checkpoint(WORK / "gen-base")
+    for name, extra in {"gen-base": None, "gen-lora": ["--method", "lora", "--experts", "4"]}.items():
+        if extra and not (WORK / name / "adamix_config.json").exists():
             print(f"training {name}", flush=True)
             cli("adamix-train", "--model", "smollm2", *gen, *extra, "--output", str(WORK / name), "--overwrite")
         if not (WORK / f"{name}.onnx" / "adamix_manifest.json").exists():
