@@ -14,6 +14,7 @@ Everything is built in a temporary folder and renamed into place only after pari
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -28,6 +29,7 @@ from adamix_deploy.batches import model_input_names
 from adamix_deploy.checkpoint import CONFIG_NAME, WEIGHTS_NAME, MixtureCheckpoint
 from adamix_deploy.data import group_references, read_classification, read_generation
 from adamix_deploy.errors import AdamixError
+from adamix_deploy.inject import set_submodule
 from adamix_deploy.merge import merge_mixture_model, parse_merge_method
 from adamix_deploy.mixture import set_routing
 from exporters.manifest import sha256_folder, write_manifest
@@ -72,12 +74,9 @@ def save_merged_folder(merged: torch.nn.Module, tokenizer, folder: Path) -> None
 
 
 def _without_adapters(model: torch.nn.Module, adapters: dict) -> torch.nn.Module:
-    import copy
-
     stock = copy.deepcopy(model)
     for name, wrapper in adapters.items():
-        parent, _, child = name.rpartition(".")
-        setattr(stock.get_submodule(parent) if parent else stock, child, copy.deepcopy(wrapper.base))
+        set_submodule(stock, name, copy.deepcopy(wrapper.base))
     return stock
 
 
@@ -107,8 +106,6 @@ def export_checkpoint(
     ckpt = load_source(source, base_model, lora_alpha, adapter_activation)
     model, tokenizer, config = ckpt.model, ckpt.tokenizer, ckpt.config
     task = config["task"]
-    if merge_method == "delta-average" and config["mixture"]["method"] != "lora":
-        raise AdamixError("delta-average applies to LoRA only: an adapter's experts can only be averaged")
     set_routing(model, routing_for(merge_method))
     merged = merge_mixture_model(model, merge_method)
     samples = _samples(task, verify_file, config)

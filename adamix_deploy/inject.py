@@ -105,7 +105,8 @@ def matching_modules(model: nn.Module, patterns: list[str]) -> list[str]:
     return [name for name, _ in model.named_modules() if name and any(c.search(name) for c in compiled)]
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path ``name``."""
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
@@ -128,7 +129,7 @@ def inject_mixture(model: nn.Module, spec: MixtureSpec) -> list[str]:
             hidden = linear_features(base)[1]
             adapter = MixtureAdapter(hidden, spec.bottleneck, spec.experts, spec.share, spec.activation)
             wrapped = LinearWithAdapter(base, adapter)
-        _set_submodule(model, name, wrapped.to(next(base.parameters()).dtype))
+        set_submodule(model, name, wrapped.to(next(base.parameters()).dtype))
     spec.modules = list(names)
     return spec.modules
 

@@ -26,6 +26,7 @@ from transformers.pytorch_utils import Conv1D
 
 from adamix_deploy.adapter import LinearWithAdapter, MixtureAdapter
 from adamix_deploy.errors import AdamixError
+from adamix_deploy.inject import set_submodule
 from adamix_deploy.lora import MixtureLoRALinear
 from adamix_deploy.routing import Routing
 
@@ -107,14 +108,9 @@ def merge_mixture_model(model: nn.Module, method: str = "average") -> nn.Module:
     for name, module in list(merged.named_modules()):
         if isinstance(module, MixtureLoRALinear):
             delta = merged_lora_delta(module.lora_A.detach(), module.lora_B.detach(), method)
-            _replace(merged, name, fold_lora_into_linear(module.base, delta, module.scaling))
+            set_submodule(merged, name, fold_lora_into_linear(module.base, delta, module.scaling))
         elif isinstance(module, LinearWithAdapter) and isinstance(module.adapter, MixtureAdapter):
             module.adapter = collapse_adapter(module.adapter, method)
     for param in merged.parameters():
         param.requires_grad_(False)
     return merged.eval()
-
-
-def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)

@@ -254,7 +254,14 @@ def test_bad_inputs_one_line_nonzero_nothing_written(tiny_bert, tiny_gpt2, tmp_p
     config = json.loads((bad_shape / "adamix_config.json").read_text())
     config["mixture"]["rank"] = 3
     (bad_shape / "adamix_config.json").write_text(json.dumps(config))
+    adapter = make_checkpoint(
+        tiny_bert, "classification", MixtureSpec("adapter", experts=2, bottleneck=4), tmp_path / "a"
+    )
     cases = {
+        "adapter delta-average": (
+            [adapter, "--merge-method", "delta-average"],
+            "delta-average applies to LoRA only",
+        ),
         "missing": ([tmp_path / "nope"], "no such checkpoint"),
         "unknown format": ([tmp_path / "unknown"], "unknown checkpoint format"),
         "peft base missing": ([tmp_path / "peft"], "base model '/nowhere/model' not found"),
