@@ -79,22 +79,25 @@ def generate_texts(
 ) -> list[str]:
     """Greedy decoding with the transformers generation loop (left padding, stop at eos)."""
     model.eval()
-    tokenizer.padding_side = "left"
-    outputs = []
-    for chunk in batched(list(prompts), batch_size):
-        texts = [template.format(prompt=p) for p in chunk]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        generated = model.generate(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        new_tokens = generated[:, batch["input_ids"].shape[1] :]
-        outputs.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-    tokenizer.padding_side = "right"
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # decoder-only batches pad on the left, so every prompt ends at the edge
+    try:
+        outputs = []
+        for chunk in batched(list(prompts), batch_size):
+            texts = [template.format(prompt=p) for p in chunk]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            generated = model.generate(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new_tokens = generated[:, batch["input_ids"].shape[1] :]
+            outputs.extend(t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
     return outputs
 
 
