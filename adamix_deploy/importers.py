@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from adamix_deploy.checkpoint import CONFIG_NAME, MixtureCheckpoint, load_checkpoint
+from adamix_deploy.checkpoint import CONFIG_NAME, MixtureCheckpoint, load_checkpoint, load_trainable_weights
 from adamix_deploy.errors import AdamixError, CheckpointError
 from adamix_deploy.inject import MixtureSpec
 from adamix_deploy.modeling import build_mixture_model, load_tokenizer
@@ -64,17 +64,6 @@ def _labels_for(base_path: Path, count: int) -> list[str]:
     if len(id2label) == count:
         return [str(id2label[str(i)]) for i in range(count)]
     return [str(i) for i in range(count)]
-
-
-def _copy_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], origin: Path) -> None:
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in tensors.items():
-            if params[name].shape != value.shape:
-                raise CheckpointError(
-                    f"{origin}: {name} has shape {tuple(value.shape)}, the base model expects {tuple(params[name].shape)}"
-                )
-            params[name].copy_(value)
 
 
 def _checkpoint(model, tokenizer, config: dict, folder: Path) -> MixtureCheckpoint:
@@ -144,7 +133,7 @@ def load_peft_lora(folder: Path, base_model: str | None) -> MixtureCheckpoint:
     for m in modules:
         tensors[f"{m}.lora_A"] = weights[f"{prefix}{m}.lora_A.weight"][None]
         tensors[f"{m}.lora_B"] = weights[f"{prefix}{m}.lora_B.weight"][None]
-    _copy_into(model, tensors, folder)
+    load_trainable_weights(model, tensors, folder)
     files = [n for n in ("adapter_config.json", weights_file.name) if (folder / n).is_file()]
     return _checkpoint(
         model,
@@ -231,7 +220,7 @@ def _official_nlu(path: Path, state: dict, base_model: str | None, activation: s
         tensors[f"{target}.down_bias"] = _stack(sides["A.bias"], path, module)
         tensors[f"{target}.up_weight"] = _stack(sides["B.weight"], path, module)
         tensors[f"{target}.up_bias"] = _stack(sides["B.bias"], path, module)
-    _copy_into(model, tensors, path)
+    load_trainable_weights(model, tensors, path)
     config = _config(base_model, base_path, model, "classification", labels, spec, head, "official-adamix-nlu", [])
     return _checkpoint(model, tokenizer, config, path.parent)
 
@@ -273,7 +262,7 @@ def _official_gpt2(path: Path, state: dict, base_model: str | None, lora_alpha: 
         b_full[:, :d, :r] = b_compact[:, :d]  # q block uses the first r rows of A
         b_full[:, 2 * d :, r:] = b_compact[:, d:]  # v block uses the last r rows of A
         tensors[f"{name}.lora_B"] = b_full
-    _copy_into(model, tensors, path)
+    load_trainable_weights(model, tensors, path)
     config = _config(base_model, base_path, model, "generation", None, spec, head, "official-adamix-gpt2", [])
     return _checkpoint(model, tokenizer, config, path.parent)
 
