@@ -1,0 +1,235 @@
+"""One export folder, read for serving: manifest, tokenizer, limits, and the ONNX Runtime session.
+
+Checking (`read_model_folder`) is separate from loading (`ServedModel.load`): the server checks every folder
+before it binds its port, so a broken folder stops it with one clear line; sessions are opened and warmed
+afterwards, while ``/health`` already answers and ``/ready`` says "loading".
+Nothing here imports torch or transformers: the folder's ``tokenizer.json`` is read by the ``tokenizers``
+library and the model runs in onnxruntime.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from adamix_deploy.errors import AdamixError
+from exporters.manifest import FORMAT, MANIFEST_NAME
+from serving.onnx_runtime import open_session
+
+log = logging.getLogger("adamix.serve")
+
+TASKS = ("classification", "generation")
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class ModelFolderError(AdamixError):
+    """An export folder the server cannot serve; the message names the folder and the problem."""
+
+
+@dataclass
+class ServedModel:
+    name: str
+    path: Path
+    manifest: dict
+    config: dict
+    onnx_file: str
+    tokenizer: Tokenizer
+    truncating_tokenizer: Tokenizer
+    max_tokens: int  # the model's position limit: inputs (classification) or prompt + new tokens (generation)
+    pad_token_id: int
+    eos_token_ids: frozenset[int] = frozenset()
+    chat_template: str | None = None
+    special_tokens: dict[str, str] = field(default_factory=dict)
+    session: ort.InferenceSession | None = None
+    providers: list[str] = field(default_factory=list)
+    load_seconds: float | None = None
+
+    @property
+    def task(self) -> str:
+        return self.manifest["task"]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest.get("labels") or [])
+
+    @property
+    def prompt_template(self) -> str | None:
+        return self.manifest.get("prompt_template")
+
+    def load(self, threads: int | None, gpu: bool) -> None:
+        """Open the session (CUDA first when asked, CPU fallback) and run one warm-up call."""
+        start = time.perf_counter()
+        providers = ["CPUExecutionProvider"]
+        if gpu:
+            if "CUDAExecutionProvider" in ort.get_available_providers():
+                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            else:
+                log.warning("%s: --gpu asked, but this onnxruntime has no CUDA provider; using CPU", self.name)
+        try:
+            self.session = open_session(self.path / self.onnx_file, threads=threads, providers=providers)
+        except Exception as e:  # onnxruntime raises its own types; the message is what the user needs
+            raise ModelFolderError(f"{self.path}: {self.onnx_file} does not load in onnxruntime: {e}") from e
+        self.providers = self.session.get_providers()
+        if gpu and self.providers[0] != "CUDAExecutionProvider":
+            log.warning("%s: CUDA was asked for but the session fell back to %s", self.name, self.providers[0])
+        self._warm_up()
+        self.load_seconds = round(time.perf_counter() - start, 3)
+        log.info("%s: %s loaded on %s in %.2f s", self.name, self.onnx_file, self.providers[0], self.load_seconds)
+
+    def _warm_up(self) -> None:
+        """One real call, so the first request does not pay for onnxruntime's lazy initialisation."""
+        from serving.onnx_runtime import classify_logits, greedy_generate
+        from serving.text import encode_for_classification, pad_batch
+
+        if self.task == "classification":
+            items = encode_for_classification(
+                self.tokenizer, self.truncating_tokenizer, ["warm up"], self.max_tokens, True
+            )
+            classify_logits(self.session, pad_batch(items, self.pad_token_id))
+        else:
+            greedy_generate(self.session, self.tokenizer.encode("warm up").ids or [self.pad_token_id], 2, None)
+
+    def public_card(self) -> dict:
+        """What ``GET /v1/models`` says about this model: taken from the manifest, never recomputed."""
+        m = self.manifest
+        mixture = m.get("mixture") or {}
+        return {
+            "id": self.name,
+            "object": "model",
+            "owned_by": "adamix-deploy",
+            "task": self.task,
+            "labels": self.labels or None,
+            "base_model": (m.get("base_model") or {}).get("name"),
+            "method": mixture.get("method"),
+            "experts": mixture.get("experts"),
+            "merge_method": m.get("merge_method"),
+            "trainable_share": (m.get("parameters") or {}).get("trainable_share"),
+            "parity": m.get("parity"),
+            "onnx_file": self.onnx_file,
+            "onnx_bytes": (m.get("files") or {}).get(self.onnx_file),
+            "max_tokens": self.max_tokens,
+            "providers": self.providers,
+            "ready": self.session is not None,
+        }
+
+
+def read_model_folder(path: str | Path, precision: str = "fp32", name: str | None = None) -> ServedModel:
+    """Check an export folder and read everything but the session. Raises `ModelFolderError`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelFolderError(f"{path}: not a folder")
+    manifest = _read_json(path, MANIFEST_NAME, "is it a folder written by adamix-export?")
+    if manifest.get("format") != FORMAT:
+        raise ModelFolderError(f"{path}: {MANIFEST_NAME} is not an {FORMAT} manifest")
+    if manifest.get("task") not in TASKS:
+        raise ModelFolderError(f"{path}: manifest task {manifest.get('task')!r} is not one of {', '.join(TASKS)}")
+    if manifest["task"] == "classification" and not manifest.get("labels"):
+        raise ModelFolderError(f"{path}: a classification manifest must list its labels")
+    models = (manifest.get("onnx") or {}).get("models") or {}
+    if precision not in models:
+        have = ", ".join(models) or "none"
+        raise ModelFolderError(f"{path}: no {precision} ONNX model in this export (it has: {have})")
+    onnx_file = models[precision]
+    _check_files(path, manifest, [onnx_file, "tokenizer.json", "config.json"])
+    config = _read_json(path, "config.json", "")
+    tokenizer_config = (
+        _read_json(path, "tokenizer_config.json", "") if (path / "tokenizer_config.json").exists() else {}
+    )
+    try:
+        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+        truncating = Tokenizer.from_file(str(path / "tokenizer.json"))
+    except Exception as e:
+        raise ModelFolderError(f"{path}: tokenizer.json does not load: {e}") from e
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    truncating.no_padding()
+    max_tokens = int(config.get("max_position_embeddings") or config.get("n_positions") or 512)
+    truncating.enable_truncation(max_tokens)
+    pad_token_id = _token_id(tokenizer, tokenizer_config.get("pad_token"), config.get("pad_token_id"))
+    eos = _eos_ids(path, config, tokenizer, tokenizer_config)
+    if pad_token_id is None:
+        pad_token_id = min(eos) if eos else 0
+    chat_template = tokenizer_config.get("chat_template")
+    if (path / "chat_template.jinja").exists():
+        chat_template = (path / "chat_template.jinja").read_text()
+    specials = {
+        key: _token_text(tokenizer_config.get(key))
+        for key in ("bos_token", "eos_token")
+        if _token_text(tokenizer_config.get(key))
+    }
+    return ServedModel(
+        name=name or path.resolve().name,
+        path=path,
+        manifest=manifest,
+        config=config,
+        onnx_file=onnx_file,
+        tokenizer=tokenizer,
+        truncating_tokenizer=truncating,
+        max_tokens=max_tokens,
+        pad_token_id=pad_token_id,
+        eos_token_ids=frozenset(eos),
+        chat_template=chat_template if isinstance(chat_template, str) else None,
+        special_tokens=specials,
+    )
+
+
+def _read_json(folder: Path, name: str, hint: str) -> dict:
+    file = folder / name
+    if not file.is_file():
+        raise ModelFolderError(f"{folder}: {name} is missing" + (f" ({hint})" if hint else ""))
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{folder}: {name} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ModelFolderError(f"{folder}: {name} is not a JSON object")
+    return data
+
+
+def _check_files(folder: Path, manifest: dict, required: list[str]) -> None:
+    """Every file the server reads must exist with the size the manifest recorded: a truncated copy or a
+    half-synced folder is refused here, not discovered on the first request."""
+    sizes = manifest.get("files") or {}
+    for name in required:
+        file = folder / name
+        if not file.is_file():
+            raise ModelFolderError(f"{folder}: {name} is missing")
+        recorded = sizes.get(name)
+        if recorded is not None and file.stat().st_size != recorded:
+            raise ModelFolderError(
+                f"{folder}: {name} is {file.stat().st_size} bytes but the manifest recorded {recorded} "
+                "(a truncated or replaced file?)"
+            )
+
+
+def _token_text(token) -> str | None:
+    if isinstance(token, dict):  # an AddedToken serialised by transformers
+        return token.get("content")
+    return token if isinstance(token, str) else None
+
+
+def _token_id(tokenizer: Tokenizer, token, fallback) -> int | None:
+    text = _token_text(token)
+    if text is not None and tokenizer.token_to_id(text) is not None:
+        return tokenizer.token_to_id(text)
+    return fallback if isinstance(fallback, int) else None
+
+
+def _eos_ids(folder: Path, config: dict, tokenizer: Tokenizer, tokenizer_config: dict) -> set[int]:
+    """End-of-sequence ids: generation_config.json first (what `generate` would use), then config.json,
+    then the tokenizer's eos token."""
+    for source in (folder / "generation_config.json", None):
+        data = config if source is None else (json.loads(source.read_text()) if source.exists() else {})
+        value = data.get("eos_token_id")
+        if isinstance(value, int):
+            return {value}
+        if isinstance(value, list) and value:
+            return {int(v) for v in value}
+    eos = _token_id(tokenizer, tokenizer_config.get("eos_token"), None)
+    return {eos} if eos is not None else set()
