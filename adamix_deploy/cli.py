@@ -267,7 +267,7 @@ def models_resolve(name: str) -> None:
     show_default=True,
     help="Classification inputs per onnxruntime call; 1 turns dynamic batching off.",
 )
-@click.option("--max-batch-wait-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True)
+@click.option("--max-batch-wait-ms", type=click.FloatRange(0, 10000), default=2.0, show_default=True)
 @click.option(
     "--max-queue",
     type=click.IntRange(1),

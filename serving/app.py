@@ -50,7 +50,16 @@ def _sse_doc(model: type) -> dict:
     return {
         200: {
             "description": "JSON, or server-sent events (`data: {...}` lines, then `data: [DONE]`) with stream",
-            "content": {"text/event-stream": {"schema": {"type": "string"}, "example": "data: {...}\n\n"}},
+            "content": {
+                "text/event-stream": {
+                    # one schema per event, as SSE-aware tools read it; `data` is the JSON text of `model`
+                    "schema": {
+                        "type": "object",
+                        "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                    },
+                    "example": "data: {...}\n\n",
+                }
+            },
         }
     }
 
@@ -264,7 +273,44 @@ def create_app(
         choice = s.ChatChoice(index=0, message=s.AssistantMessage(content=text), finish_reason=finished.reason)
         return s.ChatResponse(**meta, choices=[choice], usage=_usage(finished))
 
+    app.openapi = lambda: _openapi_with_model_names(app, runtimes, settings)
     return app
+
+
+def _openapi_with_model_names(app: FastAPI, runtimes: dict[str, ModelRuntime], settings: ServerSettings) -> dict:
+    """The generated schema, with what this server was started with: the served model names as enums (`name`
+    in the classify and generate paths, `model` in the OpenAI bodies; other names are 404) and the limits
+    (inputs per request, the new-token cap). Clients and fuzzers then know which values exist."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    names = {
+        task: [n for n, r in runtimes.items() if r.model.task == task] for task in ("classification", "generation")
+    }
+    for path, operations in schema["paths"].items():
+        task = "classification" if path.endswith("/classify") else "generation"
+        for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter["name"] == "name" and names[task]:
+                    parameter["schema"]["enum"] = names[task]
+    for body in ("CompletionRequest", "ChatRequest"):
+        if names["generation"]:
+            schema["components"]["schemas"][body]["properties"]["model"]["enum"] = names["generation"]
+    bodies = schema["components"]["schemas"]
+    for body, field in [("GenerateRequest", "max_new_tokens"), ("CompletionRequest", "max_tokens")]:
+        bodies[body]["properties"][field]["maximum"] = settings.max_new_tokens
+    for field in ("max_tokens", "max_completion_tokens"):
+        for option in bodies["ChatRequest"]["properties"][field]["anyOf"]:
+            if option.get("type") == "integer":
+                option["maximum"] = settings.max_new_tokens
+    bodies["ClassifyRequest"]["properties"]["inputs"]["maxItems"] = settings.max_inputs
+    for option in bodies["GenerateRequest"]["properties"]["prompt"]["anyOf"]:
+        if option.get("type") == "array":
+            option["maxItems"] = settings.max_inputs
+    app.openapi_schema = schema
+    return schema
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
@@ -298,6 +344,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI's answer to a body it cannot decode (not UTF-8): bad JSON, 422
+            return JSONResponse(
+                error_body(422, "the request body is not valid JSON (not UTF-8 text)"), status_code=422
+            )
         return JSONResponse(
             error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )

@@ -72,7 +72,7 @@ class _Row:
         self.rng = np.random.default_rng(job.seed)
         self.generated = 0
         self.last_token = -1
-        self.position = len(job.prompt_ids)  # position id of the next token fed
+        self.position = len(job.prompt_ids) - 1  # position id of last_token, the next token fed
 
 
 class GenerationEngine:

@@ -91,7 +91,11 @@ class ServedModel:
             items = encode_for_classification(
                 self.tokenizer, self.truncating_tokenizer, ["warm up"], self.max_tokens, True
             )
-            classify_logits(self.session, pad_batch(items, self.pad_token_id))
+            logits = classify_logits(self.session, pad_batch(items, self.pad_token_id))
+            if logits.shape[-1] != len(self.labels):
+                raise ModelFolderError(
+                    f"{self.path}: the model has {logits.shape[-1]} outputs but the manifest lists {len(self.labels)} labels"
+                )
         else:
             greedy_generate(self.session, self.tokenizer.encode("warm up").ids or [self.pad_token_id], 2, None)
 

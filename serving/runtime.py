@@ -134,7 +134,9 @@ class ModelRuntime:
         results = []
         for row in softmax(logits.astype("float64")):
             results.append(
-                Classification(labels[int(row.argmax())], {label: float(p) for label, p in zip(labels, row)})
+                Classification(
+                    labels[int(row.argmax())], {label: float(p) for label, p in zip(labels, row, strict=True)}
+                )
             )
         return results, sum(len(item.ids) for item in items)
 
