@@ -173,3 +173,27 @@ def e2e_files(tmp_path_factory) -> tuple[Path, Path]:
         write_table(folder / "train.csv", e2e_rows(48, 1), delimiter=","),
         write_table(folder / "dev.csv", e2e_rows(12, 2), delimiter=","),
     )
+
+
+@pytest.fixture(scope="session")
+def exports(tiny_bert, tiny_llama, tiny_gpt2, tmp_path_factory) -> dict[str, Path]:
+    """Export folders of tiny merged mixtures, as adamix-export writes them: "sentiment" (BERT classifier,
+    labels negative/positive), "restaurants" (Llama) and "restaurants-gpt2" (GPT-2) generators with the
+    prompt template "{prompt}\\n"."""
+    from test_export import make_checkpoint
+
+    from adamix_deploy.export import export_checkpoint
+    from adamix_deploy.inject import MixtureSpec
+
+    root = tmp_path_factory.mktemp("serve-exports")
+    folders = {}
+    for name, base, task in [
+        ("sentiment", tiny_bert, "classification"),
+        ("restaurants", tiny_llama, "generation"),
+        ("restaurants-gpt2", tiny_gpt2, "generation"),
+    ]:
+        spec = MixtureSpec("lora", experts=2, share="none", rank=4)
+        ckpt = make_checkpoint(base, task, spec, root / f"{name}-ckpt", labels=("negative", "positive"))
+        export_checkpoint(ckpt, root / name, greedy_steps=4)
+        folders[name] = root / name
+    return folders

@@ -15,36 +15,11 @@ import numpy as np
 import pytest
 import torch
 from server_process import BIN, ServerProcess
-from test_export import make_checkpoint
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-from adamix_deploy.export import export_checkpoint
-from adamix_deploy.inject import MixtureSpec
 
 CAP = 40  # the server's --max-new-tokens in these tests
 TEXTS = ["the film was great", "awful plot and dull acting", "it was a movie", "superb story, really fine"]
 PROMPTS = ["name[The Mill], food[Italian]", "name[Zizzi], food[French]", "name[Aromi], food[Indian]"]
-
-
-@pytest.fixture(scope="session")
-def exports(tiny_bert, tiny_llama, tiny_gpt2, tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("serve-exports")
-    folders = {}
-    for name, base, task in [
-        ("sentiment", tiny_bert, "classification"),
-        ("restaurants", tiny_llama, "generation"),
-        ("restaurants-gpt2", tiny_gpt2, "generation"),
-    ]:
-        ckpt = make_checkpoint(
-            base,
-            task,
-            MixtureSpec("lora", experts=2, share="none", rank=4),
-            root / f"{name}-ckpt",
-            labels=("negative", "positive"),
-        )
-        export_checkpoint(ckpt, root / name, greedy_steps=4)
-        folders[name] = root / name
-    return folders
 
 
 @pytest.fixture(scope="module")
