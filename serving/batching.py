@@ -4,6 +4,7 @@ Requests are split into their inputs; the batcher takes the first waiting input,
 the batch holds ``max_batch_size`` inputs or ``max_wait_ms`` has passed, pads to the longest input in the batch,
 and runs the session on its own thread (onnxruntime releases the GIL, so the event loop keeps accepting).
 While one batch runs, the next one fills up, so under load batches form with no waiting at all.
+The default wait is 0 for that reason: a lone request never waits for company that is not coming.
 ``max_batch_size=1`` turns coalescing off: every input runs alone.
 
 The queue is bounded in requests: `submit` raises `QueueFull` beyond ``max_queue`` waiting requests, and the
@@ -106,10 +107,10 @@ class ClassificationBatcher:
             batch = [(r, i) for r, i in batch if not r.cancelled]
             if not batch:
                 continue
-            feed = pad_batch([r.items[i] for r, i in batch], self.pad_token_id)
+            items = [r.items[i] for r, i in batch]
             start = time.perf_counter()
             try:
-                logits = await loop.run_in_executor(self._executor, classify_logits, self.session, feed)
+                logits = await loop.run_in_executor(self._executor, self._run_sorted, items)
             except Exception as e:  # fail this batch's requests, keep serving
                 for request, _ in batch:
                     self._settle(request, error=e)
@@ -121,6 +122,18 @@ class ClassificationBatcher:
                 if request.remaining == 0:
                     self._settle(request)
 
+    def _run_sorted(self, items: list[EncodedInput]) -> list[np.ndarray]:
+        """Logits for ``items`` in their order, computed in calls of similar-length inputs: padding a short
+        sentence to a long one costs real compute (on 2 CPU cores, 32 SST-2 sentences padded together took 1.5x
+        the time of the same sentences run as length-sorted calls of up to 8)."""
+        order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
+        out: list[np.ndarray | None] = [None] * len(items)
+        for group in _length_groups(order, [len(item.ids) for item in items]):
+            logits = classify_logits(self.session, pad_batch([items[i] for i in group], self.pad_token_id))
+            for row, i in enumerate(group):
+                out[i] = logits[row]
+        return out
+
     def _settle(self, request: _Request, error: Exception | None = None) -> None:
         if request.future.done():
             return
@@ -128,3 +141,19 @@ class ClassificationBatcher:
             request.future.set_exception(error)
         else:
             request.future.set_result(np.stack(request.logits))
+
+
+ROWS_PER_CALL = 8  # past this, a larger call was slower per input on the 2-core machine (see _run_sorted)
+PADDING_SLACK = 1.25  # a call's longest input may be this much longer than its shortest
+
+
+def _length_groups(order: list[int], lengths: list[int]) -> list[list[int]]:
+    """Split indices sorted by length into calls of at most ROWS_PER_CALL inputs of similar length."""
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group is None or len(group) == ROWS_PER_CALL or lengths[i] > PADDING_SLACK * lengths[group[0]]:
+            groups.append([i])
+        else:
+            group.append(i)
+    return groups

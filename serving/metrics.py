@@ -28,13 +28,13 @@ class ServerMetrics:
         self.in_flight = Gauge("adamix_requests_in_flight", "HTTP requests being handled.", registry=r)
         self.batch_size = Histogram(
             "adamix_batch_size",
-            "Rows per onnxruntime call (classification inputs, or generation rows per decode step).",
+            "Classification inputs per dynamic batch, or generation rows per decode step.",
             ["model"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.inference = Histogram(
-            "adamix_inference_seconds", "Time in onnxruntime per classification batch.", ["model"],
+            "adamix_inference_seconds", "Time in onnxruntime per classification batch (its length-sorted calls together).", ["model"],
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_depth = Gauge("adamix_queue_depth", "Requests waiting for the model.", ["model"], registry=r)

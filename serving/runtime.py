@@ -32,7 +32,7 @@ from serving.text import InputTooLong, encode_for_classification, softmax
 @dataclass(frozen=True)
 class ServerSettings:
     max_batch_size: int = 32
-    max_batch_wait_ms: float = 2.0
+    max_batch_wait_ms: float = 0.0  # batches form from what arrives while the model is busy
     max_queue: int = 256
     request_timeout_s: float = 60.0
     max_body_bytes: int = 1 << 20

@@ -24,7 +24,9 @@ PROMPTS = ["name[The Mill], food[Italian]", "name[Zizzi], food[French]", "name[A
 
 @pytest.fixture(scope="module")
 def server(exports, tmp_path_factory):
-    options = ["--max-new-tokens", str(CAP), "--max-inputs", "8", "--max-body-bytes", "65536", "--threads", "1"]
+    # a 5 ms batch wait: tiny models answer so fast that requests would rarely overlap on their own
+    options = ["--max-new-tokens", str(CAP), "--max-inputs", "8", "--max-body-bytes", "65536", "--threads", "1",
+               "--max-batch-wait-ms", "5"]  # fmt: skip
     with ServerProcess(list(exports.values()), *options, log_dir=tmp_path_factory.mktemp("logs")) as srv:
         yield srv
 
