@@ -1,13 +1,20 @@
-"""README command 1: the main job end to end on the built-in default.
+"""README command 1: the whole pipeline on the built-in default, train -> merge/export -> serve -> demo.
 
 Trains a small AdaMix mixture for classification (MiniLM-L6, adapters) and one for generation (SmolLM2,
-LoRA) on the demo data that ships with the project, and prints where they are and how they scored.
-A finished checkpoint is reused on a second run. (Export, serving and the demo page join in later.)
+LoRA) on the demo data that ships with the project, exports both with ``adamix-export --merge``, then starts
+``adamix-serve`` on the two export folders and the demo page as its client, and prints the URLs.
+A second run reuses what is built: a finished checkpoint, and an export made from that same checkpoint.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import click
@@ -16,6 +23,7 @@ from adamix_deploy.checkpoint import read_config
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.inject import MixtureSpec
 from adamix_deploy.train import TrainOptions, train
+from exporters.manifest import MANIFEST_NAME, sha256_folder
 
 DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
 
@@ -71,13 +79,99 @@ def run_job(options: TrainOptions) -> dict:
     return train(options)
 
 
+def export_job(checkpoint: Path, deploy: Path) -> dict:
+    """Export a checkpoint unless ``deploy`` already holds an export of exactly this checkpoint."""
+    from adamix_deploy.export import export_checkpoint
+
+    manifest_file = deploy / MANIFEST_NAME
+    if manifest_file.exists():
+        manifest = json.loads(manifest_file.read_text())
+        source = manifest.get("source") or {}
+        if source.get("sha256") == sha256_folder(checkpoint, source.get("files_hashed") or []):
+            click.echo(f"quickstart: reusing {deploy} (exported from this checkpoint)", err=True)
+            return manifest
+    click.echo(f"quickstart: exporting {checkpoint} -> {deploy} (merge, ONNX, parity check)", err=True)
+    return export_checkpoint(checkpoint, deploy, overwrite=True)
+
+
+def _wait(url: str, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AdamixError(
+                f"{what} exited with code {proc.returncode} before it was up (its messages are above)"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AdamixError(f"{what} was not up at {url} after {timeout:.0f} s")
+
+
+def serve_and_demo(deploys: list[Path], port: int, demo_port: int, exit_when_ready: bool) -> None:
+    """Start adamix-serve on the export folders and the demo page as its client; print the URLs; run until
+    Ctrl-C or SIGTERM (or, with ``exit_when_ready``, stop both once they answer)."""
+    bin_dir = Path(sys.executable).parent
+    api = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([str(bin_dir / "adamix-serve"), *map(str, deploys), "--port", str(port)])
+    demo = None
+    try:
+        _wait(f"{api}/ready", server, "adamix-serve")
+        demo = subprocess.Popen([str(bin_dir / "adamix-demo"), "--server", api, "--port", str(demo_port)])
+        _wait(f"http://127.0.0.1:{demo_port}/", demo, "adamix-demo")
+        click.echo(
+            f"\nquickstart: ready\n  API (OpenAPI docs at /docs): {api}\n  demo page:                  "
+            f"http://127.0.0.1:{demo_port}\n  try: curl -s {api}/v1/models/sentiment/classify "
+            "-H 'content-type: application/json' -d '{\"inputs\": [\"a lovely, warm film\"]}'\n",
+            err=True,
+        )
+        if exit_when_ready:
+            return
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        click.echo("quickstart: Ctrl-C stops the server and the demo", err=True)
+        while server.poll() is None and demo.poll() is None:
+            time.sleep(0.5)
+        raise AdamixError("adamix-serve or adamix-demo stopped unexpectedly (messages above)")
+    finally:
+        for proc in (demo, server):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
 @click.command("adamix-quickstart")
 @click.option("--workdir", default="runs/quickstart", show_default=True, type=click.Path())
 @click.option("--scale", default=1.0, show_default=True, help="Shrink the demo jobs (CI uses 0.05).")
-def quickstart_cli(workdir: str, scale: float) -> None:
-    """Train the two demo mixtures (classification and generation) and print their summaries."""
+@click.option("--port", type=int, default=8000, show_default=True, help="adamix-serve port.")
+@click.option("--demo-port", type=int, default=7860, show_default=True, help="Demo page port.")
+@click.option("--no-serve", is_flag=True, help="Stop after the exports.")
+@click.option("--exit-when-ready", is_flag=True, help="Start the server and the demo, check both, stop (CI).")
+def quickstart_cli(
+    workdir: str, scale: float, port: int, demo_port: int, no_serve: bool, exit_when_ready: bool
+) -> None:
+    """Train the two demo mixtures, export them, serve them and open the demo page."""
     if not 0 < scale <= 1:
         raise AdamixError(f"scale must be in (0, 1], got {scale}")
-    results = [run_job(job) for job in demo_jobs(Path(workdir), scale)]
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    started = time.perf_counter()
+    jobs = demo_jobs(Path(workdir), scale)
+    results = [run_job(job) for job in jobs]
+    deploys = []
+    for job, result in zip(jobs, results, strict=True):
+        checkpoint = Path(job.output)
+        deploy = Path(workdir) / "deploy" / checkpoint.name
+        manifest = export_job(checkpoint, deploy)
+        result["export"] = {"folder": str(deploy), "parity": manifest["parity"]["stages"].get("onnx_fp32")}
+        deploys.append(deploy)
     click.echo(json.dumps(results, indent=2))
-    click.echo(f"quickstart: mixture checkpoints in {workdir}/sentiment and {workdir}/restaurants", err=True)
+    click.echo(
+        f"quickstart: built in {time.perf_counter() - started:.0f} s; exports in {workdir}/deploy", err=True
+    )
+    if not no_serve:
+        serve_and_demo(deploys, port, demo_port, exit_when_ready)

