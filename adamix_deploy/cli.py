@@ -267,7 +267,13 @@ def models_resolve(name: str) -> None:
     show_default=True,
     help="Classification inputs per onnxruntime call; 1 turns dynamic batching off.",
 )
-@click.option("--max-batch-wait-ms", type=click.FloatRange(0, 10000), default=2.0, show_default=True)
+@click.option(
+    "--max-batch-wait-ms",
+    type=click.FloatRange(0, 10000),
+    default=0.0,
+    show_default=True,
+    help="Extra wait to fill a batch. At 0, a batch is what arrived while the previous one ran.",
+)
 @click.option(
     "--max-queue",
     type=click.IntRange(1),
@@ -345,3 +351,49 @@ serve_command = run_one_line_errors(serve_cli)
 
 def quickstart_command() -> None:
     run_one_line_errors(_quickstart_cli())()
+
+
+@click.command("adamix-demo")
+@click.argument("folders", nargs=-1, type=click.Path())
+@click.option("--server", help="URL of a running adamix-serve (client mode), instead of export folders.")
+@click.option("--api-key-file", type=click.Path(), help="Client mode: the server's API keys file (first key).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16", "int8"]),
+    default="fp32",
+    show_default=True,
+    help="In-process mode: which of the export's ONNX files to run.",
+)
+@click.option("--threads", type=click.IntRange(1), help="In-process mode: onnxruntime intra-op threads per model.")
+@click.option("--gpu", is_flag=True, help="In-process mode: CUDA provider first, CPU fallback.")
+def demo_cli(folders, server, api_key_file, host, port, precision, threads, gpu) -> None:
+    """Gradio demo page over export folders (in-process, no server) or a running adamix-serve (--server)."""
+    if bool(folders) == bool(server):
+        raise click.UsageError(
+            "give export folders (in-process mode) or --server URL (client mode), not both"
+            if server
+            else "give export folders (in-process mode) or --server URL (client mode)"
+        )
+    if server and (threads or gpu or precision != "fp32"):
+        raise click.UsageError("--precision, --threads and --gpu are for in-process mode; the server has its own")
+    if api_key_file and not server:
+        raise click.UsageError("--api-key-file is for client mode (--server)")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from an offline machine
+    from demo.backends import HTTPBackend, InProcessBackend
+
+    if server:
+        from serving.server import read_api_keys
+
+        key = read_api_keys(api_key_file)[0] if api_key_file else None
+        backend = HTTPBackend(server, key)
+    else:
+        backend = InProcessBackend(list(folders), precision, threads, gpu)
+    backend.models()  # client mode: the server must answer before the page is built (one error line if not)
+    from demo.app import launch  # gradio is imported only now: the checks above fail fast
+
+    launch(backend, host, port)
+
+
+demo_command = run_one_line_errors(demo_cli)

@@ -157,7 +157,9 @@ def bare_main(folder: str) -> None:
     for repeat in range(6):
         for text in texts:
             start = time.perf_counter()
-            items = encode_for_classification(model.tokenizer, model.truncating_tokenizer, [text], model.max_tokens, False)
+            items = encode_for_classification(
+                model.tokenizer, model.truncating_tokenizer, [text], model.max_tokens, False
+            )
             classify_logits(model.session, pad_batch(items, model.pad_token_id))
             if repeat:  # the first pass warms up
                 times.append(time.perf_counter() - start)
@@ -176,7 +178,9 @@ def torch_generate_main(folder: str, max_new_tokens: int) -> None:
         ids = tokenizer(prompt + "\n", return_tensors="pt").input_ids
         start = time.perf_counter()
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
         if i:  # the first call warms up
             seconds += time.perf_counter() - start
             tokens += out.shape[1] - ids.shape[1]
@@ -228,12 +232,16 @@ def generation() -> dict:
     httpx.post(url, json={**body, "prompt": E2E_PROMPTS[0]}, timeout=300)  # warm-up
     tokens, start = 0, time.perf_counter()
     for prompt in E2E_PROMPTS * 2:
-        tokens += httpx.post(url, json={**body, "prompt": prompt}, timeout=300).json()["usage"]["completion_tokens"]
+        tokens += httpx.post(url, json={**body, "prompt": prompt}, timeout=300).json()["usage"][
+            "completion_tokens"
+        ]
     sequential = tokens / (time.perf_counter() - start)
 
     async def concurrent() -> int:
         async with httpx.AsyncClient(timeout=300) as client:
-            responses = await asyncio.gather(*(client.post(url, json={**body, "prompt": p}) for p in E2E_PROMPTS * 2))
+            responses = await asyncio.gather(
+                *(client.post(url, json={**body, "prompt": p}) for p in E2E_PROMPTS * 2)
+            )
         return sum(r.json()["usage"]["completion_tokens"] for r in responses)
 
     start = time.perf_counter()
@@ -257,7 +265,11 @@ def report() -> None:
     results = json.loads((RESULTS / "serve.json").read_text())
     print(f"\nMiniLM-L6 merged LoRA, SST-2 sentences, {results['machine']}; bare onnxruntime p50 "
           f"{results['bare_onnxruntime_p50_ms']} ms")  # fmt: skip
-    header = "| server | ready s | RSS MiB | " + " | ".join(f"c={c} p50 / p99 ms | c={c} req/s" for c in CONCURRENCY) + " |"
+    header = (
+        "| server | ready s | RSS MiB | "
+        + " | ".join(f"c={c} p50 / p99 ms | c={c} req/s" for c in CONCURRENCY)
+        + " |"
+    )
     print(header)
     print("|" + "---|" * (3 + 2 * len(CONCURRENCY)))
     for row in results["classification"]:
@@ -279,10 +291,16 @@ def _plot(results: dict) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for row in results["classification"]:
-        left.plot(CONCURRENCY, [row[f"c{c}"]["throughput_rps"] for c in CONCURRENCY], marker="o", label=row["server"])
+        left.plot(
+            CONCURRENCY, [row[f"c{c}"]["throughput_rps"] for c in CONCURRENCY], marker="o", label=row["server"]
+        )
         right.plot(CONCURRENCY, [row[f"c{c}"]["p50_ms"] for c in CONCURRENCY], marker="o", label=row["server"])
-    left.set(xlabel="concurrent clients", ylabel="requests / s", title="Throughput (MiniLM-L6, 2 cores)", xscale="log")
-    right.set(xlabel="concurrent clients", ylabel="p50 latency, ms", title="Median latency", xscale="log", yscale="log")
+    left.set(
+        xlabel="concurrent clients", ylabel="requests / s", title="Throughput (MiniLM-L6, 2 cores)", xscale="log"
+    )
+    right.set(
+        xlabel="concurrent clients", ylabel="p50 latency, ms", title="Median latency", xscale="log", yscale="log"
+    )
     right.axhline(results["bare_onnxruntime_p50_ms"], color="grey", linestyle=":", label="bare onnxruntime call")
     for ax in (left, right):
         ax.set_xticks(CONCURRENCY, [str(c) for c in CONCURRENCY])

@@ -4,5 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The demo's browser test drives Debian's headless Chromium; install it once, quietly (it skips without).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    if command -v apt-get >/dev/null; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+            >/dev/null 2>&1 || echo "test: apt-get could not install chromium chromium-driver; the browser test will skip"
+    else
+        echo "test: no apt-get here; the browser test skips without /usr/bin/chromium and /usr/bin/chromedriver"
+    fi
+fi
 export HF_HUB_OFFLINE=1
 exec .venv/bin/python -m pytest "$@"
