@@ -217,9 +217,20 @@ def run_all() -> None:
         "c1_p50_vs_bare": round(ours["c1"]["p50_ms"] / bare["p50_ms"], 2),
         "c32_throughput_vs_plain": round(ours["c32"]["throughput_rps"] / plain["c32"]["throughput_rps"], 2),
     }
+    results["http_floor_c1_p50_ms"] = http_floor()
     results["generation"] = generation()
     (RESULTS / "serve.json").write_text(json.dumps(results, indent=2))
     report()
+
+
+def http_floor() -> float:
+    """What HTTP alone costs at concurrency 1 with this client: the same POST to a model name that does not
+    exist, answered 404 after JSON parsing and validation, with no tokenisation and no onnxruntime call."""
+    server = adamix_server(CLS, 8105)
+    floor = load(f"{server.url}/v1/models/no-such-model/classify", 1, REQUESTS[1], "inputs")["p50_ms"]
+    server.stop()
+    print(f"HTTP floor (404 answer, same client), c=1: p50 {floor} ms", flush=True)
+    return floor
 
 
 def generation() -> dict:
@@ -279,6 +290,8 @@ def report() -> None:
             cells += [f"{r['p50_ms']} / {r['p99_ms']}", str(r["throughput_rps"])]
         print("| " + " | ".join(cells) + " |")
     print(f"goals: {results['goals']} (want c1_p50_vs_bare <= 1.3, c32_throughput_vs_plain >= 2)")
+    if "http_floor_c1_p50_ms" in results:
+        print(f"HTTP floor at c=1 (404 answer, same client): p50 {results['http_floor_c1_p50_ms']} ms")
     print(f"SmolLM2: {results['generation']}")
     _plot(results)
 
@@ -314,6 +327,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("all")
     sub.add_parser("report")
+    sub.add_parser("floor")
     p = sub.add_parser("load")
     p.add_argument("url")
     p.add_argument("concurrency", type=int)
@@ -328,6 +342,10 @@ def main() -> None:
         run_all()
     elif args.command == "report":
         report()
+    elif args.command == "floor":  # adds the HTTP floor to an existing serve.json
+        results = json.loads((RESULTS / "serve.json").read_text())
+        results["http_floor_c1_p50_ms"] = http_floor()
+        (RESULTS / "serve.json").write_text(json.dumps(results, indent=2))
     elif args.command == "load":
         load_main(args.url, args.concurrency, args.count, args.body_key)
     elif args.command == "bare":
