@@ -116,11 +116,16 @@ def serve_and_demo(deploys: list[Path], port: int, demo_port: int, exit_when_rea
     Ctrl-C or SIGTERM (or, with ``exit_when_ready``, stop both once they answer)."""
     bin_dir = Path(sys.executable).parent
     api = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([str(bin_dir / "adamix-serve"), *map(str, deploys), "--port", str(port)])
+    # the children's messages go to stderr: stdout carries only the JSON summary
+    server = subprocess.Popen(
+        [str(bin_dir / "adamix-serve"), *map(str, deploys), "--port", str(port)], stdout=sys.stderr
+    )
     demo = None
     try:
         _wait(f"{api}/ready", server, "adamix-serve")
-        demo = subprocess.Popen([str(bin_dir / "adamix-demo"), "--server", api, "--port", str(demo_port)])
+        demo = subprocess.Popen(
+            [str(bin_dir / "adamix-demo"), "--server", api, "--port", str(demo_port)], stdout=sys.stderr
+        )
         _wait(f"http://127.0.0.1:{demo_port}/", demo, "adamix-demo")
         click.echo(
             f"\nquickstart: ready\n  API (OpenAPI docs at /docs): {api}\n  demo page:                  "
