@@ -168,7 +168,7 @@ def create_app(
     async def generate(name: str, body: s.GenerateRequest, request: Request):
         runtime = runtime_for(name, request)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        runtime._check_count(len(prompts), "prompts")
+        runtime.check_count(len(prompts), "prompts")
         if body.stream and len(prompts) != 1:
             raise ServeError(422, "stream: true takes one prompt, not a list")
         ids = [runtime.encode_prompt(p, body.apply_template, body.max_new_tokens, body.truncate) for p in prompts]
@@ -231,7 +231,7 @@ def create_app(
     )  # fmt: skip
     async def chat_completions(body: s.ChatRequest, request: Request):
         runtime = runtime_for(body.model, request)
-        runtime._check("generation")
+        runtime.check_task("generation")
         model = runtime.model
         messages = [{"role": m.role, "content": _message_text(m.content)} for m in body.messages]
         try:

@@ -108,7 +108,8 @@ class ModelRuntime:
         self.metrics.batch_size.labels(self.name).observe(size)
         self.metrics.inference.labels(self.name).observe(seconds)
 
-    def _check(self, task: str) -> None:
+    def check_task(self, task: str) -> None:
+        """Refuse a request for the other task (422) or before the model is loaded (503)."""
         if self.model.task != task:
             raise ServeError(422, f"model {self.name!r} is a {self.model.task} model, not a {task} model")
         if not self.ready:
@@ -117,8 +118,8 @@ class ModelRuntime:
     # -- classification -------------------------------------------------------------------------------------
     async def classify(self, inputs: list, truncate: bool = False) -> tuple[list[Classification], int]:
         """Label and per-label scores for each input; also the number of input tokens."""
-        self._check("classification")
-        self._check_count(len(inputs), "inputs")
+        self.check_task("classification")
+        self.check_count(len(inputs), "inputs")
         m = self.model
         try:
             items = encode_for_classification(m.tokenizer, m.truncating_tokenizer, inputs, m.max_tokens, truncate)
@@ -143,7 +144,7 @@ class ModelRuntime:
     # -- generation -------------------------------------------------------------------------------------------
     def encode_prompt(self, text: str, apply_template: bool, max_new_tokens: int, truncate: bool) -> list[int]:
         """Prompt ids, checked against the caps: prompt + new tokens must fit the model's positions."""
-        self._check("generation")
+        self.check_task("generation")
         m = self.model
         if max_new_tokens > self.settings.max_new_tokens:
             raise ServeError(
@@ -176,7 +177,7 @@ class ModelRuntime:
     ) -> AsyncIterator[TextDelta | Finished]:
         """Text deltas, then one `Finished`. Queue full and a timeout before the first event raise
         `ServeError` before anything is yielded, so an HTTP stream can still answer 429 or 504."""
-        self._check("generation")
+        self.check_task("generation")
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
 
@@ -219,7 +220,8 @@ class ModelRuntime:
                 return Generation("".join(pieces), event.reason, event.prompt_tokens, event.completion_tokens)
         raise AssertionError("the engine ended a job without Finished")
 
-    def _check_count(self, count: int, what: str) -> None:
+    def check_count(self, count: int, what: str) -> None:
+        """Refuse more inputs (or prompts) in one request than the server allows (422)."""
         if count > self.settings.max_inputs:
             raise ServeError(
                 422, f"{count} {what} in one request; this server allows at most {self.settings.max_inputs}"
