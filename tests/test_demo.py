@@ -155,6 +155,10 @@ def test_cli_wants_folders_or_a_server_and_says_why_in_one_line(exports, server,
 
 def test_the_demo_prints_its_url(demos):
     for demo in demos.values():
+        # the page may answer a moment before the line is printed (it is printed once launch returns)
+        deadline = time.monotonic() + 10
+        while f"on http://127.0.0.1:{demo.port}/" not in demo.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert f"on http://127.0.0.1:{demo.port}/" in demo.log()
 
 
