@@ -111,6 +111,30 @@ def _wait(url: str, proc: subprocess.Popen, what: str, timeout: float = 300) -> 
     raise AdamixError(f"{what} was not up at {url} after {timeout:.0f} s")
 
 
+def smoke_test(api: str, names: list[str]) -> None:
+    """One real request per model through the running server, so "ready" means answered, not just started."""
+
+    def post(path: str, body: dict) -> dict:
+        request = urllib.request.Request(
+            api + path, json.dumps(body).encode(), {"content-type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return json.loads(response.read())
+        except OSError as e:
+            raise AdamixError(f"adamix-serve did not answer {path}: {e}") from None
+
+    sentence, record = (
+        "a lovely, warm film",
+        "name[The Eagle], eatType[coffee shop], food[French], area[riverside]",
+    )
+    classified = post(f"/v1/models/{names[0]}/classify", {"inputs": [sentence]})["results"][0]
+    score = classified["scores"][classified["label"]]
+    click.echo(f"quickstart: {names[0]}: {sentence!r} -> {classified['label']} ({score:.2f})", err=True)
+    generated = post(f"/v1/models/{names[1]}/generate", {"prompt": record, "max_new_tokens": 40})["outputs"][0]
+    click.echo(f"quickstart: {names[1]}: {record!r} -> {generated['text'].strip()!r}", err=True)
+
+
 def serve_and_demo(deploys: list[Path], port: int, demo_port: int, exit_when_ready: bool) -> None:
     """Start adamix-serve on the export folders and the demo page as its client; print the URLs; run until
     Ctrl-C or SIGTERM (or, with ``exit_when_ready``, stop both once they answer)."""
@@ -123,6 +147,7 @@ def serve_and_demo(deploys: list[Path], port: int, demo_port: int, exit_when_rea
     demo = None
     try:
         _wait(f"{api}/ready", server, "adamix-serve")
+        smoke_test(api, [d.name for d in deploys])
         demo = subprocess.Popen(
             [str(bin_dir / "adamix-demo"), "--server", api, "--port", str(demo_port)], stdout=sys.stderr
         )

@@ -143,6 +143,8 @@ def test_quickstart_reduced_trains_both_demo_mixtures_and_reuses_them(tmp_path):
     assert [r["metric"]["name"] for r in results] == ["accuracy", "bleu"]
     assert all(r["export"]["parity"]["max_abs_logit_diff"] < 1e-3 for r in results)
     assert "quickstart: ready" in first.stderr and "/v1/models/sentiment/classify" in first.stderr
+    assert "quickstart: sentiment: 'a lovely, warm film' -> " in first.stderr  # answered by the real server
+    assert "quickstart: restaurants: 'name[The Eagle]" in first.stderr
     second = subprocess.run([*command, "--no-serve"], capture_output=True, text=True, env=env, timeout=900)
     assert second.returncode == 0 and second.stderr.count("reusing") == 4  # two checkpoints, two exports
     assert all(r["reused"] for r in json.loads(second.stdout))
