@@ -304,6 +304,36 @@ def test_concurrent_generation_is_batched_and_equals_single_requests(server):
     assert rows / steps > 1.5, "generation requests were not decoded together"
 
 
+def test_classification_never_waits_behind_generation(exports, tmp_path):
+    # one generation row at a time and a long queue of generations: classification must still answer at once
+    options = ["--max-generation-batch", "1", "--max-new-tokens", "60"]
+    with ServerProcess([exports["sentiment"], exports["restaurants-gpt2"]], *options, log_dir=tmp_path) as srv:
+
+        async def scenario():
+            async with httpx.AsyncClient(timeout=120) as client:
+                start = time.perf_counter()
+
+                async def generate(i):
+                    body = {"prompt": PROMPTS[i % 3], "max_new_tokens": 60, "temperature": 1.0, "seed": i}
+                    await client.post(
+                        srv.url + "/v1/models/restaurants-gpt2/generate", json={**body, "stop": "\x00"}
+                    )
+                    return time.perf_counter() - start
+
+                generations = [asyncio.ensure_future(generate(i)) for i in range(48)]
+                await asyncio.sleep(0.05)  # the generations are queued first
+                response = await client.post(srv.url + "/v1/models/sentiment/classify", json={"inputs": TEXTS})
+                classified = time.perf_counter() - start
+                done = await asyncio.gather(*generations)
+                return response, classified, sorted(done)
+
+        response, classified, done = asyncio.run(scenario())
+        assert response.status_code == 200
+        assert done[-1] > 0.3, "generation too quick to tell anything"
+        # answered long before the generation queue drained
+        assert classified < done[len(done) // 2], (classified, done)
+
+
 def _metric(server, prefix: str) -> float:
     for line in httpx.get(server.url + "/metrics").text.splitlines():
         if line.startswith(prefix):
