@@ -419,6 +419,18 @@ def test_sigterm_finishes_every_accepted_request_then_exits_0(exports, tmp_path)
             httpx.get(srv.url + "/health")
 
 
+def test_gpu_flag_falls_back_to_cpu_and_says_so(exports, tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the fallback path is not taken here")
+    with ServerProcess([exports["sentiment"]], "--gpu", log_dir=tmp_path) as srv:
+        card = httpx.get(srv.url + "/v1/models").json()["data"][0]
+        assert card["providers"] == ["CPUExecutionProvider"]
+        assert "--gpu asked, but this onnxruntime has no CUDA provider; using CPU" in srv.log()
+        assert post(srv, "/v1/models/sentiment/classify", {"inputs": ["good"]}).status_code == 200
+
+
 def test_broken_folders_are_refused_at_start_with_one_line(exports, tmp_path):
     import shutil
 
