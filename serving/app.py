@@ -49,10 +49,11 @@ def _errors(*statuses: int) -> dict:
 def _sse_doc(model: type) -> dict:
     return {
         200: {
-            "description": "JSON, or server-sent events (`data: {...}` lines, then `data: [DONE]`) with stream",
+            "description": f"JSON; with stream, server-sent events: `data: <{model.__name__} as JSON>` lines, "
+            "then `data: [DONE]`",
             "content": {
                 "text/event-stream": {
-                    # one schema per event, as SSE-aware tools read it; `data` is the JSON text of `model`
+                    # one schema per event, as SSE-aware tools (schemathesis) read it
                     "schema": {
                         "type": "object",
                         "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
