@@ -272,6 +272,24 @@ def test_http_backend_errors_are_one_readable_line(server):
         backend._json(httpx.Response(502, text="Bad Gateway"))
 
 
+def test_a_real_busy_and_a_real_timeout_reach_the_demo_as_readable_lines(exports, tmp_path):
+    # batches wait 3 s to fill, the timeout is 1 s, one request may wait: the first gets 504, the second 429
+    options = ["--max-batch-wait-ms", "3000", "--max-queue", "1", "--request-timeout", "1"]
+    with ServerProcess([exports["sentiment"]], *options, log_dir=tmp_path) as srv:
+        backend = HTTPBackend(srv.url, None)
+
+        async def two_at_once():
+            first = asyncio.ensure_future(backend.classify("sentiment", TEXTS[0]))
+            await asyncio.sleep(0.2)
+            second = asyncio.ensure_future(backend.classify("sentiment", TEXTS[1]))
+            return await asyncio.gather(first, second, return_exceptions=True)
+
+        first, second = asyncio.run(two_at_once())
+    assert isinstance(first, DemoError) and isinstance(second, DemoError)
+    assert "HTTP 504 (timed out): model 'sentiment' did not answer within the 1 s request timeout" in str(first)
+    assert "HTTP 429 (server busy): model 'sentiment' is at its queue limit" in str(second)
+
+
 # -- the event loop --------------------------------------------------------------------------------------------
 def test_in_process_models_start_once_on_the_loop_that_uses_them(exports, server):
     """Gradio runs handlers on its own loop; the runtimes' schedulers must start there (lazily, once) and
