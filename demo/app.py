@@ -16,8 +16,9 @@ from contextlib import contextmanager
 
 import gradio as gr
 
-from demo.backends import Backend, DemoError, Finish, Sampling
+from demo.backends import Backend, DemoError, Sampling
 from demo.formatting import E2E_SLOTS, E2E_VALUES, generation_stats, meaning_representation, model_card_markdown
+from serving.results import Finished
 
 log = logging.getLogger("adamix.demo")
 
@@ -126,7 +127,7 @@ def _nlg_tab(backend: Backend, models: list[str], longest: int) -> tuple[gr.Drop
             )  # fmt: skip
             start, first, output = time.perf_counter(), None, ""
             async for piece in backend.generate_stream(model, text, sampling):
-                if isinstance(piece, Finish):
+                if isinstance(piece, Finished):
                     seconds = time.perf_counter() - start
                     yield output, generation_stats(piece.completion_tokens, seconds, first, piece.reason)
                     return

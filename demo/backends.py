@@ -21,6 +21,7 @@ from urllib.parse import quote
 import httpx
 
 from adamix_deploy.errors import AdamixError
+from serving.results import Classification, Finished
 
 
 class DemoError(AdamixError):
@@ -40,21 +41,6 @@ class Sampling:
     seed: int | None = None  # None: a random seed per request
 
 
-@dataclass(frozen=True)
-class Prediction:
-    label: str
-    scores: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Finish:
-    """The last item of `Backend.generate_stream`, after the text pieces."""
-
-    reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
 class Backend(Protocol):
     description: str
 
@@ -64,10 +50,10 @@ class Backend(Protocol):
     async def card(self, name: str) -> dict:
         """The current card of one model (providers are known once it is loaded)."""
 
-    async def classify(self, name: str, text: str, pair: str | None = None) -> Prediction: ...
+    async def classify(self, name: str, text: str, pair: str | None = None) -> Classification: ...
 
-    def generate_stream(self, name: str, prompt: str, sampling: Sampling) -> AsyncIterator[str | Finish]:
-        """Text pieces as they are decoded, then one `Finish`."""
+    def generate_stream(self, name: str, prompt: str, sampling: Sampling) -> AsyncIterator[str | Finished]:
+        """Text pieces as they are decoded, then one `Finished`."""
 
 
 # -- in-process ------------------------------------------------------------------------------------------------
@@ -128,7 +114,7 @@ class InProcessBackend:
     async def card(self, name: str) -> dict:
         return (await self._runtime(name)).model.public_card()
 
-    async def classify(self, name: str, text: str, pair: str | None = None) -> Prediction:
+    async def classify(self, name: str, text: str, pair: str | None = None) -> Classification:
         from serving.errors import ServeError
 
         runtime = await self._runtime(name)
@@ -136,9 +122,9 @@ class InProcessBackend:
             results, _ = await runtime.classify([[text, pair] if pair else text])
         except ServeError as e:
             raise DemoError(e.message, e.status) from None
-        return Prediction(results[0].label, results[0].scores)
+        return results[0]
 
-    async def generate_stream(self, name: str, prompt: str, sampling: Sampling) -> AsyncIterator[str | Finish]:
+    async def generate_stream(self, name: str, prompt: str, sampling: Sampling) -> AsyncIterator[str | Finished]:
         from serving.errors import ServeError
         from serving.generation import TextDelta
         from serving.sampling import SamplingParams
@@ -150,10 +136,7 @@ class InProcessBackend:
             # aclosing: when the page goes away mid-stream, the engine row is freed at once
             async with aclosing(runtime.generate(ids, sampling.max_new_tokens, params, sampling.seed)) as events:
                 async for event in events:
-                    if isinstance(event, TextDelta):
-                        yield event.text
-                    else:
-                        yield Finish(event.reason, event.prompt_tokens, event.completion_tokens)
+                    yield event.text if isinstance(event, TextDelta) else event
         except ServeError as e:
             raise DemoError(e.message, e.status) from None
 
@@ -185,14 +168,14 @@ class HTTPBackend:
                 return card
         raise DemoError(f"the server no longer serves a model named {name!r}", 404)
 
-    async def classify(self, name: str, text: str, pair: str | None = None) -> Prediction:
+    async def classify(self, name: str, text: str, pair: str | None = None) -> Classification:
         body = {"inputs": [[text, pair] if pair else text]}
         async with self._client() as client:
             response = await self._send(client.post(f"{self.url}/v1/models/{quote(name)}/classify", json=body))
         result = self._json(response)["results"][0]
-        return Prediction(result["label"], result["scores"])
+        return Classification(result["label"], result["scores"])
 
-    async def generate_stream(self, name: str, prompt: str, sampling: Sampling) -> AsyncIterator[str | Finish]:
+    async def generate_stream(self, name: str, prompt: str, sampling: Sampling) -> AsyncIterator[str | Finished]:
         body = {
             "prompt": prompt, "max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
             "top_p": sampling.top_p, "top_k": sampling.top_k, "seed": sampling.seed, "stream": True,
@@ -214,7 +197,7 @@ class HTTPBackend:
                         raise DemoError(_error_text(event["error"].get("code"), event["error"].get("message")))
                     if event.get("finish_reason"):
                         usage = event.get("usage") or {}
-                        yield Finish(
+                        yield Finished(
                             event["finish_reason"],
                             usage.get("prompt_tokens", 0),
                             usage.get("completion_tokens", 0),

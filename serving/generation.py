@@ -24,30 +24,11 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from serving.onnx_runtime import _NUMPY_TYPES
+from serving.results import Failed, Finished, GenerationEvent, TextDelta
 from serving.sampling import SamplingParams, next_token
 from serving.text import IncrementalDecoder
 
 log = logging.getLogger("adamix.serve")
-
-
-@dataclass(frozen=True)
-class TextDelta:
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: str  # "stop" (eos or a stop string) or "length"
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Failed:
-    message: str
-
-
-GenerationEvent = TextDelta | Finished | Failed
 
 
 @dataclass

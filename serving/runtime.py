@@ -14,17 +14,10 @@ from dataclasses import dataclass
 
 from serving.batching import ClassificationBatcher
 from serving.errors import ServeError, queue_full, timed_out
-from serving.generation import (
-    Failed,
-    Finished,
-    GenerationEngine,
-    GenerationEvent,
-    GenerationJob,
-    QueueFull,
-    TextDelta,
-)
+from serving.generation import GenerationEngine, GenerationJob, QueueFull
 from serving.metrics import ServerMetrics
 from serving.model_folder import ServedModel
+from serving.results import Classification, Failed, Finished, Generation, GenerationEvent, TextDelta
 from serving.sampling import SamplingParams
 from serving.text import InputTooLong, encode_for_classification, softmax
 
@@ -42,20 +35,6 @@ class ServerSettings:
     threads: int | None = None
     gpu: bool = False
     api_keys: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Classification:
-    label: str
-    scores: dict[str, float]
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
 
 
 class ModelRuntime:
