@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from serving.onnx_runtime import _NUMPY_TYPES
+from serving.onnx_runtime import empty_cache
 from serving.results import Failed, Finished, GenerationEvent, TextDelta
 from serving.sampling import SamplingParams, next_token
 from serving.text import IncrementalDecoder
@@ -78,6 +78,7 @@ class GenerationEngine:
         self.on_step = on_step or (lambda batch_size: None)
         self.on_tokens = on_tokens or (lambda n: None)
         self._past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        self._empty_cache = empty_cache(session)
         self._inputs = inputs
         self._outputs = [o.name for o in session.get_outputs()]
         self._pending: deque[GenerationJob] = deque()
@@ -150,9 +151,7 @@ class GenerationEngine:
         feed = {"input_ids": np.asarray([job.prompt_ids], dtype=np.int64)}
         feed["attention_mask"] = np.ones((1, n), dtype=np.int64)
         feed["position_ids"] = np.arange(n, dtype=np.int64)[None, :]
-        for name in self._past_names:  # an empty cache: (1, heads, 0, head_dim)
-            _, heads, _, head_dim = self._inputs[name].shape
-            feed[name] = np.zeros((1, heads, 0, head_dim), dtype=_NUMPY_TYPES[self._inputs[name].type])
+        feed.update(self._empty_cache)
         out = self._run(feed)
         self.on_step(1)
         row = _Row(job, self.tokenizer)

@@ -32,6 +32,16 @@ def classify_logits(session: ort.InferenceSession, encoded: dict[str, np.ndarray
     return session.run(["logits"], feed)[0]
 
 
+def empty_cache(session: ort.InferenceSession) -> dict[str, np.ndarray]:
+    """The key/value cache inputs of one sequence before its first token: (1, heads, 0, head_dim) each."""
+    cache = {}
+    for i in session.get_inputs():
+        if i.name.startswith("past_key_values."):
+            _, heads, _, head_dim = i.shape
+            cache[i.name] = np.zeros((1, heads, 0, head_dim), dtype=_NUMPY_TYPES[i.type])
+    return cache
+
+
 def greedy_generate(
     session: ort.InferenceSession, prompt_ids: list[int], max_new_tokens: int, eos_token_id: int | None
 ) -> tuple[list[int], np.ndarray]:
@@ -39,10 +49,7 @@ def greedy_generate(
     and excluding eos) and the logits of the first step (for parity checks)."""
     inputs = {i.name: i for i in session.get_inputs()}
     past_names = [n for n in inputs if n.startswith("past_key_values.")]
-    feed: dict[str, np.ndarray] = {}
-    for name in past_names:  # an empty cache: (batch, heads, 0, head_dim)
-        _, heads, _, head_dim = inputs[name].shape
-        feed[name] = np.zeros((1, heads, 0, head_dim), dtype=_NUMPY_TYPES[inputs[name].type])
+    feed = empty_cache(session)
     ids = np.asarray([prompt_ids], dtype=np.int64)
     total = ids.shape[1]
     generated: list[int] = []
