@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command 1: set up .venv, then train the demo AdaMix mixtures end to end (reuses finished ones).
+# README command 1: set up .venv, then train, export, serve and demo the two AdaMix mixtures (reuses what is built).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
