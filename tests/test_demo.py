@@ -16,7 +16,7 @@ import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from server_process import BIN, ServerProcess, free_port
+from server_process import BIN, ServerProcess, free_port, wait_until_answers
 
 from demo.backends import DemoError, HTTPBackend, InProcessBackend
 from demo.formatting import E2E_SLOTS, meaning_representation
@@ -43,17 +43,8 @@ class DemoProcess:
         self._client: Client | None = None
 
     def wait(self, timeout: float = 90) -> DemoProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"adamix-demo exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url, timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"adamix-demo did not answer after {timeout} s:\n{self.log()}")
+        wait_until_answers(self.url, self.proc, timeout, self.log)
+        return self
 
     @property
     def client(self) -> Client:
