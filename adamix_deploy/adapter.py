@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.activations import ACT2FN
 
-from adamix_deploy.errors import AdamixError
 from adamix_deploy.mixture import MixtureModule, side_sizes
 
 
@@ -20,8 +19,6 @@ class MixtureAdapter(MixtureModule):
         self, hidden_size: int, bottleneck: int, experts: int, share: str = "up", activation: str = "gelu"
     ) -> None:
         super().__init__(experts, share)
-        if bottleneck <= 0:
-            raise AdamixError(f"bottleneck must be > 0, got {bottleneck}")
         n_down, n_up = side_sizes(experts, share)
         self.hidden_size, self.bottleneck, self.activation = hidden_size, bottleneck, activation
         self.down_weight = nn.Parameter(torch.empty(n_down, bottleneck, hidden_size))

@@ -19,10 +19,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from adamix_deploy.atomic import atomic_directory
+from adamix_deploy.config import MixtureSpec
 from adamix_deploy.errors import AdamixError, CheckpointError
-from adamix_deploy.inject import MixtureSpec
-from adamix_deploy.modeling import build_mixture_model, load_tokenizer
-from adamix_deploy.models import PACKAGED_MODELS, resolve_model
+from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
+from adamix_deploy.packaged_models import PACKAGED_MODELS, resolve_model
 
 FORMAT = "adamix-mixture"
 FORMAT_VERSION = 1

@@ -1,52 +1,16 @@
-"""Command-line entry points. Thin: parse options, call one library function, print.
-
-Every user error (``AdamixError``, a click usage error) becomes one line on stderr and exit code 2.
-"""
+"""The training stage's commands: `adamix-train`, `adamix-eval`, `adamix-models`. Thin: parse options (types and
+ranges checked here), call one library function, print. Every user error becomes one line and exit code 2
+(`adamix_deploy.command`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import sys
-from collections.abc import Callable
 
 import click
 
+from adamix_deploy.command import run_one_line_errors
 from adamix_deploy.errors import AdamixError
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-
-def run_one_line_errors(command: click.Command) -> Callable[[], None]:
-    def main() -> None:
-        try:
-            command.main(standalone_mode=False)
-        except click.exceptions.Exit as e:
-            sys.exit(e.exit_code)
-        except click.ClickException as e:
-            click.echo(f"{command.name}: error: {e.format_message()}", err=True)
-            sys.exit(2)
-        except click.Abort:
-            click.echo(f"{command.name}: aborted", err=True)
-            sys.exit(130)
-        except AdamixError as e:
-            click.echo(f"{command.name}: error: {e}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo(f"{command.name}: interrupted (the last saved checkpoint is intact)", err=True)
-            sys.exit(130)
-        except Exception as e:  # a bug, not a user error: still one line, the traceback on request
-            if os.environ.get("ADAMIX_DEBUG"):
-                raise
-            first = str(e).splitlines()[0] if str(e) else ""
-            click.echo(
-                f"{command.name}: internal error: {type(e).__name__}: {first} (ADAMIX_DEBUG=1 shows the traceback)",
-                err=True,
-            )
-            sys.exit(1)
-
-    return main
+from adamix_deploy.exporters.export_folder import TASKS
 
 
 def _patterns(value: str | None) -> list[str] | None:
@@ -55,7 +19,7 @@ def _patterns(value: str | None) -> list[str] | None:
 
 @click.command("adamix-train")
 @click.option("--model", help="Hugging Face model folder, or a packaged model: minilm, smollm2.")
-@click.option("--task", type=click.Choice(["classification", "generation"]))
+@click.option("--task", type=click.Choice(TASKS))
 @click.option("--train-file", type=click.Path(), help=".tsv, .csv or .jsonl with a header.")
 @click.option("--eval-file", type=click.Path(), help="Evaluated after each epoch.")
 @click.option("--output", required=True, type=click.Path(), help="Checkpoint folder to write.")
@@ -114,8 +78,8 @@ def _patterns(value: str | None) -> list[str] | None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train_cli(**o) -> None:
     """Train an AdaMix mixture (adapters or LoRA) and write a mixture checkpoint."""
-    from adamix_deploy.inject import MixtureSpec
-    from adamix_deploy.train import TrainOptions, train
+    from adamix_deploy.config import MixtureSpec, TrainOptions
+    from adamix_deploy.train import train
 
     if o["threads"]:
         import torch
@@ -169,45 +133,6 @@ def train_cli(**o) -> None:
     click.echo(json.dumps(result, indent=2))
 
 
-@click.command("adamix-export")
-@click.option(
-    "--merge",
-    "source",
-    required=True,
-    type=click.Path(),
-    help="Mixture checkpoint folder, PEFT LoRA folder, or official AdaMix .bin/.pt file.",
-)
-@click.option("--output", required=True, type=click.Path(), help="Export folder to write (atomically).")
-@click.option("--merge-method", default="average", show_default=True, help="average | delta-average | expert:i")
-@click.option("--quantize", type=click.Choice(["int8"]), help="Also write model_int8.onnx (dynamic, CPU).")
-@click.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (GPU).")
-@click.option("--opset", type=int, default=18, show_default=True)
-@click.option("--verify-file", type=click.Path(), help="Parity inputs (else built-in sentences / prompts).")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="fp32 max |Δlogit| allowed.")
-@click.option(
-    "--greedy-steps", type=int, default=16, show_default=True, help="Generation parity: tokens compared."
-)
-@click.option("--base-model", help="Base model folder or packaged name (PEFT / official imports, moved bases).")
-@click.option("--lora-alpha", type=float, help="Official GPT-2 AdaMix checkpoints: LoRA alpha (not stored).")
-@click.option("--adapter-activation", default="gelu", show_default=True, help="Official NLU checkpoints.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
-def export_cli(**o) -> None:
-    """Merge the experts, fold them into the base model, export ONNX and prove parity."""
-    from adamix_deploy.export import export_checkpoint
-
-    manifest = export_checkpoint(
-        o["source"], o["output"], merge_method=o["merge_method"], quantize=o["quantize"], fp16=o["fp16"],
-        opset=o["opset"], verify_file=o["verify_file"], overwrite=o["overwrite"], tolerance=o["tolerance"],
-        base_model=o["base_model"], greedy_steps=o["greedy_steps"], lora_alpha=o["lora_alpha"],
-        adapter_activation=o["adapter_activation"],
-    )  # fmt: skip
-    click.echo(
-        json.dumps(
-            {"output": str(o["output"]), "parity": manifest["parity"], "files": manifest["files"]}, indent=2
-        )
-    )
-
-
 @click.command("adamix-eval")
 @click.argument("checkpoint", type=click.Path())
 @click.option("--data-file", required=True, type=click.Path(), help="Labelled file (same format as training).")
@@ -219,7 +144,7 @@ def export_cli(**o) -> None:
 @click.option("--base-model", help="Base model folder or packaged name, when not where the checkpoint says.")
 def eval_cli(checkpoint, data_file, routings, max_examples, seed, base_model) -> None:
     """Compare routings of a checkpoint on a labelled file: what the average merge costs."""
-    from adamix_deploy.eval_routing import evaluate_routings
+    from adamix_deploy.routing_comparison import evaluate_routings
 
     result = evaluate_routings(checkpoint, data_file, list(routings) or None, max_examples, seed, base_model)
     for routing, metrics in result["routings"].items():
@@ -235,7 +160,7 @@ def models_cli() -> None:
 
 @models_cli.command("list")
 def models_list() -> None:
-    from adamix_deploy.models import PACKAGED_MODELS, package_folder
+    from adamix_deploy.packaged_models import PACKAGED_MODELS, package_folder
 
     for model in PACKAGED_MODELS.values():
         try:
@@ -250,150 +175,11 @@ def models_list() -> None:
 @click.argument("name")
 def models_resolve(name: str) -> None:
     """Print the Hugging Face folder for NAME (converting a GGUF once, into the cache)."""
-    from adamix_deploy.models import resolve_model
+    from adamix_deploy.packaged_models import resolve_model
 
     click.echo(resolve_model(name))
 
 
-@click.command("adamix-serve")
-@click.argument("folders", nargs=-1, type=click.Path())
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
-@click.option("--api-key-file", type=click.Path(), help="Keys, one per line; /v1 routes then need one.")
-@click.option(
-    "--max-batch-size",
-    type=click.IntRange(1, 1024),
-    default=32,
-    show_default=True,
-    help="Classification inputs per onnxruntime call; 1 turns dynamic batching off.",
-)
-@click.option(
-    "--max-batch-wait-ms",
-    type=click.FloatRange(0, 10000),
-    default=0.0,
-    show_default=True,
-    help="Extra wait to fill a batch. At 0, a batch is what arrived while the previous one ran.",
-)
-@click.option(
-    "--max-queue",
-    type=click.IntRange(1),
-    default=256,
-    show_default=True,
-    help="Waiting requests per model before 429.",
-)
-@click.option(
-    "--max-generation-batch",
-    type=click.IntRange(1, 256),
-    default=8,
-    show_default=True,
-    help="Generation rows decoded together.",
-)
-@click.option(
-    "--max-inputs", type=click.IntRange(1), default=64, show_default=True, help="Inputs (or prompts) per request."
-)
-@click.option(
-    "--max-new-tokens",
-    type=click.IntRange(1),
-    default=512,
-    show_default=True,
-    help="Cap on a request's max_new_tokens.",
-)
-@click.option("--max-body-bytes", type=click.IntRange(1), default=1 << 20, show_default=True)
-@click.option(
-    "--request-timeout",
-    type=click.FloatRange(0.001),
-    default=60.0,
-    show_default=True,
-    help="Seconds before a request is answered 504.",
-)
-@click.option(
-    "--graceful-timeout",
-    type=click.FloatRange(0),
-    default=30.0,
-    show_default=True,
-    help="Seconds in-flight requests get after SIGTERM.",
-)
-@click.option("--threads", type=click.IntRange(1), help="onnxruntime intra-op threads per model.")
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
-    default="fp32",
-    show_default=True,
-    help="Which of the export's ONNX files to serve.",
-)
-@click.option("--gpu", is_flag=True, help="CUDA provider first, CPU fallback (logged).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
-def serve_cli(
-    folders, host, port, api_key_file, precision, graceful_timeout, log_level, request_timeout, **o
-) -> None:
-    """Serve export folders (written by adamix-export) over HTTP. Never imports torch."""
-    from serving.runtime import ServerSettings
-    from serving.server import read_api_keys, serve
-
-    keys = read_api_keys(api_key_file) if api_key_file else ()
-    settings = ServerSettings(request_timeout_s=request_timeout, api_keys=keys, **o)
-    code = serve(list(folders), settings, host, port, precision, graceful_timeout, log_level)
-    sys.exit(code)
-
-
-def _quickstart_cli() -> click.Command:
-    from adamix_deploy.quickstart import quickstart_cli
-
-    return quickstart_cli
-
-
 train_command = run_one_line_errors(train_cli)
-export_command = run_one_line_errors(export_cli)
 eval_command = run_one_line_errors(eval_cli)
 models_command = run_one_line_errors(models_cli)
-serve_command = run_one_line_errors(serve_cli)
-
-
-def quickstart_command() -> None:
-    run_one_line_errors(_quickstart_cli())()
-
-
-@click.command("adamix-demo")
-@click.argument("folders", nargs=-1, type=click.Path())
-@click.option("--server", help="URL of a running adamix-serve (client mode), instead of export folders.")
-@click.option("--api-key-file", type=click.Path(), help="Client mode: the server's API keys file (first key).")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16", "int8"]),
-    default="fp32",
-    show_default=True,
-    help="In-process mode: which of the export's ONNX files to run.",
-)
-@click.option("--threads", type=click.IntRange(1), help="In-process mode: onnxruntime intra-op threads per model.")
-@click.option("--gpu", is_flag=True, help="In-process mode: CUDA provider first, CPU fallback.")
-def demo_cli(folders, server, api_key_file, host, port, precision, threads, gpu) -> None:
-    """Gradio demo page over export folders (in-process, no server) or a running adamix-serve (--server)."""
-    if bool(folders) == bool(server):
-        raise click.UsageError(
-            "give export folders (in-process mode) or --server URL (client mode), not both"
-            if server
-            else "give export folders (in-process mode) or --server URL (client mode)"
-        )
-    if server and (threads or gpu or precision != "fp32"):
-        raise click.UsageError("--precision, --threads and --gpu are for in-process mode; the server has its own")
-    if api_key_file and not server:
-        raise click.UsageError("--api-key-file is for client mode (--server)")
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from an offline machine
-    from demo.backends import HTTPBackend, InProcessBackend
-
-    if server:
-        from serving.server import read_api_keys
-
-        key = read_api_keys(api_key_file)[0] if api_key_file else None
-        backend = HTTPBackend(server, key)
-    else:
-        backend = InProcessBackend(list(folders), precision, threads, gpu)
-    backend.models()  # client mode: the server must answer before the page is built (one error line if not)
-    from demo.app import launch  # gradio is imported only now: the checks above fail fast
-
-    launch(backend, host, port)
-
-
-demo_command = run_one_line_errors(demo_cli)

@@ -19,10 +19,11 @@ import torch
 from safetensors.torch import load_file
 
 from adamix_deploy.checkpoint import CONFIG_NAME, MixtureCheckpoint, load_checkpoint, load_trainable_weights
+from adamix_deploy.config import MixtureSpec
 from adamix_deploy.errors import AdamixError, CheckpointError
-from adamix_deploy.inject import MixtureSpec
-from adamix_deploy.modeling import build_mixture_model, load_tokenizer
-from adamix_deploy.models import resolve_model
+from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE
+from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
+from adamix_deploy.packaged_models import resolve_model
 
 OFFICIAL_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -82,7 +83,7 @@ def _config(
         "task": task,
         "labels": labels,
         "max_length": 128,
-        "prompt_template": "{prompt}\n" if task == "generation" else None,
+        "prompt_template": DEFAULT_PROMPT_TEMPLATE if task == "generation" else None,
         "mixture": spec.to_dict(),
         "head": head,
     }  # fmt: skip

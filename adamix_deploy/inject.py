@@ -12,14 +12,14 @@ expressions, matched against the end of dotted module names) overrides the defau
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
 
 from torch import nn
 
 from adamix_deploy.adapter import LinearWithAdapter, MixtureAdapter
+from adamix_deploy.config import MixtureSpec
 from adamix_deploy.errors import AdamixError, ModelError
 from adamix_deploy.lora import MixtureLoRALinear, linear_features
-from adamix_deploy.mixture import SHARE_CHOICES, mixture_modules
+from adamix_deploy.mixture import mixture_modules
 
 _BERT_LIKE = {
     "lora": ("query", "value"),
@@ -39,48 +39,6 @@ FAMILY_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
 }
-METHODS = ("adapter", "lora", "head")
-PLACEMENTS = ("ffn", "ffn+attn")
-
-
-@dataclass
-class MixtureSpec:
-    """Everything needed to rebuild the mixture modules of a checkpoint on its base model."""
-
-    method: str = "adapter"  # adapter | lora | head (no mixture: only the task head trains)
-    experts: int = 4
-    share: str = "up"  # up | down | none; for LoRA, "down" is A and "up" is B
-    rank: int = 8  # LoRA rank
-    alpha: float = 16.0  # LoRA scaling numerator: scaling = alpha / rank
-    lora_dropout: float = 0.0
-    bottleneck: int = 16  # adapter width
-    activation: str = "gelu"
-    placement: str = "ffn"  # adapter positions: ffn | ffn+attn
-    targets: list[str] | None = None  # module-name patterns overriding the family defaults
-    modules: list[str] = field(default_factory=list)  # filled by inject_mixture: the names wrapped
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise AdamixError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.experts < 1:
-            raise AdamixError(f"experts must be >= 1, got {self.experts}")
-        if self.share not in SHARE_CHOICES:
-            raise AdamixError(f"share must be one of {', '.join(SHARE_CHOICES)}, got {self.share!r}")
-        if self.method == "lora" and self.rank <= 0:
-            raise AdamixError(f"rank must be > 0, got {self.rank}")
-        if self.method == "adapter" and self.bottleneck <= 0:
-            raise AdamixError(f"bottleneck must be > 0, got {self.bottleneck}")
-        if self.placement not in PLACEMENTS:
-            raise AdamixError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
-        if not 0 <= self.lora_dropout < 1:
-            raise AdamixError(f"lora dropout must be in [0, 1), got {self.lora_dropout}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MixtureSpec:
-        return cls(**data)
 
 
 def target_patterns(spec: MixtureSpec, family: str) -> list[str]:
@@ -113,7 +71,6 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def inject_mixture(model: nn.Module, spec: MixtureSpec) -> list[str]:
     """Wrap the target modules of ``model`` in place; record and return their names."""
-    spec.validate()
     if spec.method == "head":
         spec.modules = []
         return []

@@ -36,8 +36,6 @@ class MixtureLoRALinear(MixtureModule):
         dropout: float = 0.0,
     ) -> None:
         super().__init__(experts, share)
-        if rank <= 0:
-            raise AdamixError(f"rank must be > 0, got {rank}")
         in_features, out_features = linear_features(base)
         n_a, n_b = side_sizes(experts, share)
         self.base = base

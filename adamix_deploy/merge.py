@@ -42,6 +42,11 @@ def parse_merge_method(text: str) -> str:
     raise AdamixError(f"unknown merge method {text!r}: choose average, delta-average or expert:<index>")
 
 
+def routing_for(merge_method: str) -> str:
+    """The unmerged routing a merge must reproduce: ``delta-average`` is the paired-expert ensemble."""
+    return "ensemble" if merge_method == "delta-average" else merge_method
+
+
 def _expert(stack: torch.Tensor, index: int) -> torch.Tensor:
     """Expert ``index`` of one side; a shared side (one module) serves every index."""
     if stack.shape[0] == 1:

@@ -13,17 +13,12 @@ import torch
 from torch import nn
 
 from adamix_deploy.errors import AdamixError
-from adamix_deploy.routing import Routing, random_expert
-
-SHARE_CHOICES = ("up", "down", "none")
+from adamix_deploy.routing import Routing
 
 
 def side_sizes(experts: int, share: str) -> tuple[int, int]:
-    """Number of stacked experts on the (down, up) sides; a shared side holds one module."""
-    if experts < 1:
-        raise AdamixError(f"experts must be >= 1, got {experts}")
-    if share not in SHARE_CHOICES:
-        raise AdamixError(f"share must be one of {', '.join(SHARE_CHOICES)}, got {share!r}")
+    """Number of stacked experts on the (down, up) sides; a shared side holds one module.
+    (``MixtureSpec`` has checked the values.)"""
     return (1 if share == "down" else experts), (1 if share == "up" else experts)
 
 
@@ -80,3 +75,10 @@ def set_routing(model: nn.Module, routing: Routing | str) -> int:
     for _, module in modules:
         module.set_routing(routing)
     return len(modules)
+
+
+def random_expert(num_experts: int) -> int:
+    """One uniformly random expert index, drawn from torch's global generator (so seeds reproduce runs)."""
+    if num_experts == 1:
+        return 0
+    return int(torch.randint(num_experts, (1,)).item())

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from adamix_deploy.errors import AdamixError
 
 MODES = ("average", "random", "ensemble", "expert")
@@ -40,10 +38,3 @@ class Routing:
 
     def __str__(self) -> str:
         return f"expert:{self.expert}" if self.mode == "expert" else self.mode
-
-
-def random_expert(num_experts: int) -> int:
-    """One uniformly random expert index, drawn from torch's global generator (so seeds reproduce runs)."""
-    if num_experts == 1:
-        return 0
-    return int(torch.randint(num_experts, (1,)).item())

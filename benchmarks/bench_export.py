@@ -80,9 +80,9 @@ def build() -> None:
 def base_generation_checkpoint(folder: Path) -> None:
     """SmolLM2 with no adaptation, as a (weightless) mixture checkpoint: the base-model reference export."""
     from adamix_deploy.checkpoint import save_checkpoint
-    from adamix_deploy.inject import MixtureSpec
-    from adamix_deploy.modeling import build_mixture_model, load_tokenizer
-    from adamix_deploy.models import resolve_model
+    from adamix_deploy.config import MixtureSpec
+    from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
+    from adamix_deploy.packaged_models import resolve_model
 
     path = resolve_model("smollm2")
     tokenizer = load_tokenizer(path)
@@ -104,7 +104,7 @@ def time_one(args) -> None:
     if args.backend.startswith("onnx"):
         from tokenizers import Tokenizer
 
-        from serving.onnx_runtime import classify_logits, greedy_generate, open_session
+        from adamix_deploy.exporters.onnx_loops import classify_logits, greedy_generate, open_session
 
         folder = Path(args.model)
         session = open_session(folder / args.file, threads=THREADS)
@@ -195,7 +195,7 @@ def accuracy_one(args) -> None:
     from tokenizers import Tokenizer
 
     from adamix_deploy.data import read_classification
-    from serving.onnx_runtime import classify_logits, open_session
+    from adamix_deploy.exporters.onnx_loops import classify_logits, open_session
 
     folder = Path(args.model)
     manifest = json.loads((folder / "adamix_manifest.json").read_text())

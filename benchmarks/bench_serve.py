@@ -146,9 +146,9 @@ def load_main(url: str, concurrency: int, count: int, body_key: str) -> None:
 def bare_main(folder: str) -> None:
     """The floor: the exported session called directly on each sentence (batch 1), tokenisation included."""
     sys.path.insert(0, str(ROOT.parent))
-    from serving.model_folder import read_model_folder
-    from serving.onnx_runtime import classify_logits
-    from serving.text import encode_for_classification, pad_batch
+    from adamix_deploy.exporters.onnx_loops import classify_logits
+    from adamix_deploy.serving.model_folder import read_model_folder
+    from adamix_deploy.serving.text import encode_for_classification, pad_batch
 
     model = read_model_folder(folder)
     model.load(threads=None, gpu=False)

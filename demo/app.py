@@ -1,5 +1,5 @@
 """The Gradio page: an NLU tab (classification), an NLG tab (E2E-style generation, streamed) and a model card
-per tab. Every answer comes from a `demo.backends.Backend`; every failure is shown as one readable line
+per tab. Every answer comes from a `demo.backend.Backend`; every failure is shown as one readable line
 (``gr.Error``), never a traceback.
 
 Event handlers have explicit ``api_name``s (``/classify``, ``/generate``, ``/model_card_nlu``,
@@ -16,9 +16,15 @@ from contextlib import contextmanager
 
 import gradio as gr
 
-from demo.backends import Backend, DemoError, Sampling
-from demo.formatting import E2E_SLOTS, E2E_VALUES, generation_stats, meaning_representation, model_card_markdown
-from serving.results import Finished
+from adamix_deploy.demo.backend import Backend, DemoError, Sampling
+from adamix_deploy.demo.formatting import (
+    E2E_SLOTS,
+    E2E_VALUES,
+    generation_stats,
+    meaning_representation,
+    model_card_markdown,
+)
+from adamix_deploy.serving.results import Finished
 
 log = logging.getLogger("adamix.demo")
 

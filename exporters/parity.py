@@ -1,6 +1,11 @@
 """Parity, on by default: the mixture in its merge routing (PyTorch) vs the merged PyTorch model vs each ONNX
 file, on sample inputs. fp32 stages must agree within a tolerance, or the export fails naming the stage that
-diverged; reduced-precision files (int8, fp16) report their measured agreement instead."""
+diverged; reduced-precision files (int8, fp16) report their measured agreement instead.
+
+Reading order: the inputs (`parity_inputs`), the stages that produce logits or tokens (`check_classification`,
+`check_generation`: PyTorch references, then the ONNX files through the same numpy loops the server runs), and
+the comparisons (`classification_parity`, `generation_parity`).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from adamix_deploy.collate import model_input_names
+from adamix_deploy.data import group_references, read_classification, read_generation
 from adamix_deploy.errors import AdamixError
+from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE
+from adamix_deploy.exporters.onnx_loops import classify_logits, greedy_generate, open_session
 
 BUILTIN_SENTENCES = [
     "A warm, funny and beautifully acted film.",
@@ -31,6 +40,64 @@ BUILTIN_PROMPTS = [
 
 class ParityError(AdamixError):
     """A full-precision stage diverged from the mixture beyond the tolerance."""
+
+
+# -- inputs ------------------------------------------------------------------------------------------------------
+def parity_inputs(task: str, verify_file, config: dict) -> list:
+    """Classification: (text, pair) tuples, the first 32 of ``verify_file`` or built-in sentences.
+    Generation: prompts laid out with the checkpoint's template, the first 4 records or built-in prompts."""
+    if task == "classification":
+        if verify_file:
+            examples = read_classification(verify_file, labels=config["labels"])[:32]
+            return [(e.text, e.text_pair) for e in examples]
+        return [(s, None) for s in BUILTIN_SENTENCES]
+    prompts = (
+        [p for p, _ in group_references(read_generation(verify_file))[:4]] if verify_file else BUILTIN_PROMPTS
+    )
+    return [(config.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE).format(prompt=p) for p in prompts]
+
+
+# -- stages: PyTorch references, then each ONNX file -------------------------------------------------------------
+def check_classification(
+    model, merged, tokenizer, onnx_files: dict[str, object], samples: list, reduced_precision: set[str],
+    tolerance: float, max_length: int,
+) -> dict:  # fmt: skip
+    """The mixture (reference), the merged PyTorch model and each ONNX file on one padded batch."""
+    texts = [t for t, _ in samples]
+    pairs = [p for _, p in samples] if samples[0][1] is not None else None
+    pt = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    np_batch = {k: v.numpy() for k, v in pt.items()}
+    accepted = model_input_names(model)
+    pt = {k: v for k, v in pt.items() if k in accepted}
+
+    def torch_stage(m):
+        return lambda: m(**pt).logits.detach().float().numpy()
+
+    stages = {"mixture_pytorch": torch_stage(model), "merged_pytorch": torch_stage(merged)}
+    for name, path in onnx_files.items():
+        stages[name] = lambda path=path: classify_logits(open_session(path), np_batch)
+    with torch.no_grad():
+        return classification_parity(stages, reduced_precision, tolerance)
+
+
+def check_generation(
+    model, merged, tokenizer, onnx_files: dict[str, object], prompts: list[str], reduced_precision: set[str],
+    tolerance: float, steps: int,
+) -> dict:  # fmt: skip
+    """Greedy decoding of each prompt by the mixture (reference), the merged model and each ONNX file."""
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    stages = {
+        "mixture_pytorch": torch_greedy(model, eos, pad, steps),
+        "merged_pytorch": torch_greedy(merged, eos, pad, steps),
+    }
+    for name, path in onnx_files.items():
+        session = open_session(path)
+        stages[name] = lambda prompt, session=session: greedy_generate(session, prompt, steps, eos)
+    return generation_parity(stages, ids, reduced_precision, tolerance, steps)
+
+
+# -- comparisons -------------------------------------------------------------------------------------------------
 
 
 def _compare(reference: np.ndarray, other: np.ndarray) -> dict:

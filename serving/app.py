@@ -1,5 +1,5 @@
 """The HTTP application: routes, authentication and error answers. Scheduling and limits live in
-`serving.runtime`; the wire format in `serving.schemas`."""
+`adamix_deploy.serving.runtime`; the wire format in `adamix_deploy.serving.schemas`."""
 
 from __future__ import annotations
 
@@ -19,15 +19,15 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving import schemas as s
-from serving.errors import ServeError, error_body
-from serving.generation import Finished, TextDelta
-from serving.metrics import ServerMetrics
-from serving.middleware import BodyLimitAndMetrics
-from serving.model_folder import ServedModel
-from serving.runtime import ModelRuntime, ServerSettings
-from serving.sampling import SamplingParams
-from serving.text import render_chat
+from adamix_deploy.serving import schemas as s
+from adamix_deploy.serving.errors import ServeError, error_body
+from adamix_deploy.serving.generation import Finished, TextDelta
+from adamix_deploy.serving.metrics import ServerMetrics
+from adamix_deploy.serving.middleware import BodyLimitAndMetrics
+from adamix_deploy.serving.model_folder import ServedModel
+from adamix_deploy.serving.runtime import ModelRuntime, ServerSettings
+from adamix_deploy.serving.sampling import SamplingParams
+from adamix_deploy.serving.text import render_chat
 
 log = logging.getLogger("adamix.serve")
 

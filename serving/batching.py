@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from serving.generation import QueueFull
-from serving.onnx_runtime import classify_logits
-from serving.text import EncodedInput, pad_batch
+from adamix_deploy.exporters.onnx_loops import classify_logits
+from adamix_deploy.serving.generation import QueueFull
+from adamix_deploy.serving.text import EncodedInput, pad_batch
 
 
 @dataclass

@@ -23,10 +23,10 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from serving.onnx_runtime import empty_cache
-from serving.results import Failed, Finished, GenerationEvent, TextDelta
-from serving.sampling import SamplingParams, next_token
-from serving.text import IncrementalDecoder
+from adamix_deploy.exporters.onnx_loops import empty_cache
+from adamix_deploy.serving.results import Failed, Finished, GenerationEvent, TextDelta
+from adamix_deploy.serving.sampling import SamplingParams, next_token
+from adamix_deploy.serving.text import IncrementalDecoder
 
 log = logging.getLogger("adamix.serve")
 

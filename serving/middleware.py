@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import time
 
-from serving.errors import error_body
-from serving.metrics import ServerMetrics
+from adamix_deploy.serving.errors import error_body
+from adamix_deploy.serving.metrics import ServerMetrics
 
 
 class BodyLimitAndMetrics:

@@ -19,13 +19,20 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from adamix_deploy.errors import AdamixError
-from exporters.manifest import FORMAT, MANIFEST_NAME
-from serving.onnx_runtime import open_session
+from adamix_deploy.exporters.export_folder import (
+    CHAT_TEMPLATE_FILE,
+    GENERATION_CONFIG_FILE,
+    MODEL_CONFIG_FILE,
+    TOKENIZER_CONFIG_FILE,
+    TOKENIZER_FILE,
+    ExportFolderError,
+    Manifest,
+    read_manifest,
+)
+from adamix_deploy.exporters.onnx_loops import classify_logits, greedy_generate, open_session
+from adamix_deploy.serving.text import encode_for_classification, pad_batch
 
 log = logging.getLogger("adamix.serve")
-
-TASKS = ("classification", "generation")
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class ModelFolderError(AdamixError):
@@ -36,7 +43,7 @@ class ModelFolderError(AdamixError):
 class ServedModel:
     name: str
     path: Path
-    manifest: dict
+    manifest: Manifest
     config: dict
     onnx_file: str
     tokenizer: Tokenizer
@@ -52,15 +59,15 @@ class ServedModel:
 
     @property
     def task(self) -> str:
-        return self.manifest["task"]
+        return self.manifest.task
 
     @property
     def labels(self) -> list[str]:
-        return list(self.manifest.get("labels") or [])
+        return list(self.manifest.labels or [])
 
     @property
     def prompt_template(self) -> str | None:
-        return self.manifest.get("prompt_template")
+        return self.manifest.prompt_template
 
     def load(self, threads: int | None, gpu: bool) -> None:
         """Open the session (CUDA first when asked, CPU fallback) and run one warm-up call."""
@@ -84,9 +91,6 @@ class ServedModel:
 
     def _warm_up(self) -> None:
         """One real call, so the first request does not pay for onnxruntime's lazy initialisation."""
-        from serving.onnx_runtime import classify_logits, greedy_generate
-        from serving.text import encode_for_classification, pad_batch
-
         if self.task == "classification":
             items = encode_for_classification(
                 self.tokenizer, self.truncating_tokenizer, ["warm up"], self.max_tokens, True
@@ -102,21 +106,20 @@ class ServedModel:
     def public_card(self) -> dict:
         """What ``GET /v1/models`` says about this model: taken from the manifest, never recomputed."""
         m = self.manifest
-        mixture = m.get("mixture") or {}
         return {
             "id": self.name,
             "object": "model",
             "owned_by": "adamix-deploy",
             "task": self.task,
             "labels": self.labels or None,
-            "base_model": (m.get("base_model") or {}).get("name"),
-            "method": mixture.get("method"),
-            "experts": mixture.get("experts"),
-            "merge_method": m.get("merge_method"),
-            "trainable_share": (m.get("parameters") or {}).get("trainable_share"),
-            "parity": m.get("parity"),
+            "base_model": m.base_model.name,
+            "method": m.mixture.method,
+            "experts": m.mixture.experts,
+            "merge_method": m.merge_method,
+            "trainable_share": (m.parameters or {}).get("trainable_share"),
+            "parity": m.parity,
             "onnx_file": self.onnx_file,
-            "onnx_bytes": (m.get("files") or {}).get(self.onnx_file),
+            "onnx_bytes": m.files.get(self.onnx_file),
             "max_tokens": self.max_tokens,
             "providers": self.providers,
             "ready": self.session is not None,
@@ -128,28 +131,22 @@ def read_model_folder(path: str | Path, precision: str = "fp32", name: str | Non
     path = Path(path)
     if not path.is_dir():
         raise ModelFolderError(f"{path}: not a folder")
-    manifest = _read_json(path, MANIFEST_NAME, "is it a folder written by adamix-export?")
-    if manifest.get("format") != FORMAT:
-        raise ModelFolderError(f"{path}: {MANIFEST_NAME} is not an {FORMAT} manifest")
-    if manifest.get("task") not in TASKS:
-        raise ModelFolderError(f"{path}: manifest task {manifest.get('task')!r} is not one of {', '.join(TASKS)}")
-    if manifest["task"] == "classification" and not manifest.get("labels"):
-        raise ModelFolderError(f"{path}: a classification manifest must list its labels")
-    models = (manifest.get("onnx") or {}).get("models") or {}
-    if precision not in models:
-        have = ", ".join(models) or "none"
-        raise ModelFolderError(f"{path}: no {precision} ONNX model in this export (it has: {have})")
-    onnx_file = models[precision]
-    _check_files(path, manifest, [onnx_file, "tokenizer.json", "config.json"])
-    config = _read_json(path, "config.json", "")
-    tokenizer_config = (
-        _read_json(path, "tokenizer_config.json", "") if (path / "tokenizer_config.json").exists() else {}
-    )
     try:
-        tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        truncating = Tokenizer.from_file(str(path / "tokenizer.json"))
+        manifest = read_manifest(path)
+    except ExportFolderError as e:
+        raise ModelFolderError(str(e)) from None
+    try:
+        onnx_file = manifest.onnx_file(precision)
+    except ExportFolderError as e:
+        raise ModelFolderError(f"{path}: {e}") from None
+    _check_files(path, manifest, [onnx_file, TOKENIZER_FILE, MODEL_CONFIG_FILE])
+    config = _read_json(path, MODEL_CONFIG_FILE)
+    tokenizer_config = _read_json(path, TOKENIZER_CONFIG_FILE) if (path / TOKENIZER_CONFIG_FILE).exists() else {}
+    try:
+        tokenizer = Tokenizer.from_file(str(path / TOKENIZER_FILE))
+        truncating = Tokenizer.from_file(str(path / TOKENIZER_FILE))
     except Exception as e:
-        raise ModelFolderError(f"{path}: tokenizer.json does not load: {e}") from e
+        raise ModelFolderError(f"{path}: {TOKENIZER_FILE} does not load: {e}") from e
     tokenizer.no_truncation()
     tokenizer.no_padding()
     truncating.no_padding()
@@ -160,8 +157,8 @@ def read_model_folder(path: str | Path, precision: str = "fp32", name: str | Non
     if pad_token_id is None:
         pad_token_id = min(eos) if eos else 0
     chat_template = tokenizer_config.get("chat_template")
-    if (path / "chat_template.jinja").exists():
-        chat_template = (path / "chat_template.jinja").read_text()
+    if (path / CHAT_TEMPLATE_FILE).exists():
+        chat_template = (path / CHAT_TEMPLATE_FILE).read_text()
     specials = {
         key: _token_text(tokenizer_config.get(key))
         for key in ("bos_token", "eos_token")
@@ -183,10 +180,10 @@ def read_model_folder(path: str | Path, precision: str = "fp32", name: str | Non
     )
 
 
-def _read_json(folder: Path, name: str, hint: str) -> dict:
+def _read_json(folder: Path, name: str) -> dict:
     file = folder / name
     if not file.is_file():
-        raise ModelFolderError(f"{folder}: {name} is missing" + (f" ({hint})" if hint else ""))
+        raise ModelFolderError(f"{folder}: {name} is missing")
     try:
         data = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -196,10 +193,10 @@ def _read_json(folder: Path, name: str, hint: str) -> dict:
     return data
 
 
-def _check_files(folder: Path, manifest: dict, required: list[str]) -> None:
+def _check_files(folder: Path, manifest: Manifest, required: list[str]) -> None:
     """Every file the server reads must exist with the size the manifest recorded: a truncated copy or a
     half-synced folder is refused here, not discovered on the first request."""
-    sizes = manifest.get("files") or {}
+    sizes = manifest.files
     for name in required:
         file = folder / name
         if not file.is_file():
@@ -228,7 +225,7 @@ def _token_id(tokenizer: Tokenizer, token, fallback) -> int | None:
 def _eos_ids(folder: Path, config: dict, tokenizer: Tokenizer, tokenizer_config: dict) -> set[int]:
     """End-of-sequence ids: generation_config.json first (what `generate` would use), then config.json,
     then the tokenizer's eos token."""
-    for source in (folder / "generation_config.json", None):
+    for source in (folder / GENERATION_CONFIG_FILE, None):
         data = config if source is None else (json.loads(source.read_text()) if source.exists() else {})
         value = data.get("eos_token_id")
         if isinstance(value, int):

@@ -12,14 +12,14 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from serving.batching import ClassificationBatcher
-from serving.errors import ServeError, queue_full, timed_out
-from serving.generation import GenerationEngine, GenerationJob, QueueFull
-from serving.metrics import ServerMetrics
-from serving.model_folder import ServedModel
-from serving.results import Classification, Failed, Finished, Generation, GenerationEvent, TextDelta
-from serving.sampling import SamplingParams
-from serving.text import InputTooLong, encode_for_classification, softmax
+from adamix_deploy.serving.batching import ClassificationBatcher
+from adamix_deploy.serving.errors import ServeError, queue_full, timed_out
+from adamix_deploy.serving.generation import GenerationEngine, GenerationJob, QueueFull
+from adamix_deploy.serving.metrics import ServerMetrics
+from adamix_deploy.serving.model_folder import ServedModel
+from adamix_deploy.serving.results import Classification, Failed, Finished, Generation, GenerationEvent, TextDelta
+from adamix_deploy.serving.sampling import SamplingParams
+from adamix_deploy.serving.text import InputTooLong, encode_for_classification, softmax
 
 
 @dataclass(frozen=True)

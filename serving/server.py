@@ -8,32 +8,20 @@ accepting connections, lets in-flight requests finish (up to ``graceful_timeout_
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import uvicorn
 
 from adamix_deploy.errors import AdamixError
-from serving.app import create_app
-from serving.model_folder import PRECISIONS, ModelFolderError, read_model_folder
-from serving.runtime import ServerSettings
+from adamix_deploy.exporters.export_folder import PRECISIONS
+from adamix_deploy.serving.app import create_app
+from adamix_deploy.serving.model_folder import ModelFolderError, read_model_folder
+from adamix_deploy.serving.runtime import ServerSettings
 
 log = logging.getLogger("adamix.serve")
 
 
 class ConfigError(AdamixError):
-    """A problem with the server's options or folders; the message is one line for the user."""
-
-
-def read_api_keys(path: str | Path) -> tuple[str, ...]:
-    """One key per line; blank lines and ``#`` comments are skipped. The keys are never logged."""
-    try:
-        lines = Path(path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read the API key file {path}: {e}") from e
-    keys = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
-    if not keys:
-        raise ConfigError(f"the API key file {path} holds no key")
-    return keys
+    """A problem with the server's folders; the message is one line for the user."""
 
 
 def check_folders(folders: list[str], precision: str = "fp32") -> list:

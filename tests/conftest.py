@@ -182,8 +182,8 @@ def exports(tiny_bert, tiny_llama, tiny_gpt2, tmp_path_factory) -> dict[str, Pat
     prompt template "{prompt}\\n"."""
     from test_export import make_checkpoint
 
-    from adamix_deploy.export import export_checkpoint
-    from adamix_deploy.inject import MixtureSpec
+    from adamix_deploy.config import MixtureSpec
+    from adamix_deploy.exporters.pipeline import export_checkpoint
 
     root = tmp_path_factory.mktemp("serve-exports")
     folders = {}

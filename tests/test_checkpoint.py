@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import load_file
 
 from adamix_deploy.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, read_config, save_checkpoint
+from adamix_deploy.config import MixtureSpec, TrainOptions
 from adamix_deploy.errors import CheckpointError
-from adamix_deploy.inject import MixtureSpec
 from adamix_deploy.mixture import set_routing
-from adamix_deploy.train import TrainOptions, train
+from adamix_deploy.train import train
 
 
 def options(tiny_bert, sentiment_files, output, **kw) -> TrainOptions:

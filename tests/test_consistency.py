@@ -7,10 +7,10 @@ import shutil
 
 import torch
 
+from adamix_deploy.config import MixtureSpec
 from adamix_deploy.consistency import symmetric_kl
-from adamix_deploy.inject import MixtureSpec
-from adamix_deploy.modeling import build_mixture_model, load_tokenizer
-from adamix_deploy.train import adamix_loss
+from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
+from adamix_deploy.objective import adamix_loss
 
 
 def test_symmetric_kl_is_zero_for_agreeing_passes_and_positive_otherwise():

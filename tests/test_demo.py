@@ -18,8 +18,10 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from server_process import BIN, ServerProcess, free_port, wait_until_answers
 
-from demo.backends import DemoError, HTTPBackend, InProcessBackend
-from demo.formatting import E2E_SLOTS, meaning_representation
+from adamix_deploy.demo.backend import DemoError
+from adamix_deploy.demo.formatting import E2E_SLOTS, meaning_representation
+from adamix_deploy.demo.http_backend import HTTPBackend
+from adamix_deploy.demo.inprocess_backend import InProcessBackend
 
 REPO = Path(__file__).resolve().parent.parent
 CAP = 16  # the server's --max-new-tokens

@@ -15,13 +15,14 @@ from test_merge import _perturb
 from tokenizers import Tokenizer
 
 from adamix_deploy.checkpoint import save_checkpoint
+from adamix_deploy.config import MixtureSpec
 from adamix_deploy.errors import AdamixError
-from adamix_deploy.export import export_checkpoint
+from adamix_deploy.exporters.onnx_loops import classify_logits, greedy_generate, open_session
+from adamix_deploy.exporters.pipeline import export_checkpoint
 from adamix_deploy.importers import detect_and_load
-from adamix_deploy.inject import MixtureSpec, count_parameters
+from adamix_deploy.inject import count_parameters
 from adamix_deploy.mixture import set_routing
-from adamix_deploy.modeling import build_mixture_model, load_tokenizer
-from serving.onnx_runtime import classify_logits, greedy_generate, open_session
+from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
 
 BIN = Path(sys.executable).parent
 
@@ -69,15 +70,15 @@ def test_classification_export_folder_and_parity(tiny_bert, tmp_path, spec):
     assert {"model.onnx", "model_int8.onnx", "config.json", "tokenizer.json", "adamix_manifest.json"} <= {
         p.name for p in deploy.iterdir()
     }
-    stages = manifest["parity"]["stages"]
+    stages = manifest.parity["stages"]
     assert (
         stages["merged_pytorch"]["max_abs_logit_diff"] <= 1e-4
         and stages["onnx_fp32"]["max_abs_logit_diff"] <= 1e-4
     )
     assert stages["onnx_fp32"]["top1_agreement"] == 1.0 and "onnx_int8" in stages
-    assert manifest["merge_method"] == "average" and manifest["labels"] == ["0", "1"]
-    assert len(manifest["source"]["sha256"]) == 64 and manifest["onnx"]["opset"] == 18
-    assert manifest["files"]["model.onnx"] == (deploy / "model.onnx").stat().st_size
+    assert manifest.merge_method == "average" and manifest.labels == ["0", "1"]
+    assert len(manifest.source.sha256) == 64 and manifest.onnx.opset == 18
+    assert manifest.files["model.onnx"] == (deploy / "model.onnx").stat().st_size
     # the folder stands alone: onnxruntime + tokenizers reproduce the mixture's average-mode logits
     ref = detect_and_load(ckpt)
     set_routing(ref.model, "average")
@@ -98,9 +99,9 @@ def test_generation_export_greedy_parity_with_cache(request, fixture, tmp_path):
         path, "generation", MixtureSpec("lora", experts=2, share="none", rank=4), tmp_path / "ckpt"
     )
     manifest = export_checkpoint(ckpt, tmp_path / "deploy", greedy_steps=12)
-    stage = manifest["parity"]["stages"]["onnx_fp32"]
+    stage = manifest.parity["stages"]["onnx_fp32"]
     assert stage["greedy_tokens_identical"] == 1.0 and stage["max_abs_logit_diff"] <= 1e-4
-    assert manifest["onnx"]["with_past"] is True
+    assert manifest.onnx.with_past is True
     session = open_session(tmp_path / "deploy" / "model.onnx")
     assert any(i.name.startswith("past_key_values.") for i in session.get_inputs())
     # the cached loop equals full recomputation at every step
@@ -122,7 +123,7 @@ def test_delta_average_export_and_merged_folder_loads_with_transformers(tiny_gpt
         tiny_gpt2, "generation", MixtureSpec("lora", experts=3, share="none", rank=2), tmp_path / "c"
     )
     manifest = export_checkpoint(ckpt, tmp_path / "deploy", merge_method="delta-average", greedy_steps=6)
-    assert manifest["merge_method"] == "delta-average"
+    assert manifest.merge_method == "delta-average"
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "deploy" / "merged").eval()
     ref = detect_and_load(ckpt)
     set_routing(ref.model, "ensemble")  # the exact mean of the experts' updates
@@ -161,8 +162,8 @@ def test_peft_import_equals_peft_merge_and_unload(tiny_bert, tmp_path):
             imported.model(input_ids=ids).logits, reference(input_ids=ids).logits, atol=1e-5, rtol=0
         )
     manifest = export_checkpoint(tmp_path / "peft", tmp_path / "deploy")
-    assert manifest["source"]["format"] == "peft-lora"
-    assert manifest["parity"]["stages"]["onnx_fp32"]["top1_agreement"] == 1.0
+    assert manifest.source.format == "peft-lora"
+    assert manifest.parity["stages"]["onnx_fp32"]["top1_agreement"] == 1.0
 
 
 def test_official_nlu_state_dict_import(tiny_bert, tmp_path):
@@ -282,7 +283,7 @@ def test_bad_inputs_one_line_nonzero_nothing_written(tiny_bert, tiny_gpt2, tmp_p
 
 
 def test_failed_parity_names_the_stage_and_writes_nothing(tiny_bert, tmp_path, monkeypatch):
-    import adamix_deploy.export as export_module
+    import adamix_deploy.exporters.pipeline as export_module
     from adamix_deploy.merge import merge_mixture_model
 
     def broken_merge(model, method):  # a merge bug: one folded weight off by a little

@@ -7,10 +7,11 @@ import torch
 from transformers import OPTConfig, OPTForCausalLM
 
 from adamix_deploy.adapter import LinearWithAdapter
+from adamix_deploy.config import MixtureSpec
 from adamix_deploy.errors import ModelError
-from adamix_deploy.inject import MixtureSpec, inject_mixture
+from adamix_deploy.inject import inject_mixture
 from adamix_deploy.lora import MixtureLoRALinear
-from adamix_deploy.modeling import build_mixture_model, load_tokenizer
+from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
 
 
 def build(path, task, spec):

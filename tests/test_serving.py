@@ -468,10 +468,10 @@ def test_server_never_imports_torch_or_transformers(exports):
     script = f"""
 import sys, time
 from fastapi.testclient import TestClient
-import adamix_deploy.cli
-from serving.app import create_app
-from serving.server import check_folders
-from serving.runtime import ServerSettings
+import adamix_deploy.serving.cli
+from adamix_deploy.serving.app import create_app
+from adamix_deploy.serving.server import check_folders
+from adamix_deploy.serving.runtime import ServerSettings
 app = create_app(check_folders([{str(exports["sentiment"])!r}, {str(exports["restaurants"])!r}]), ServerSettings())
 with TestClient(app) as client:
     while client.get("/ready").status_code != 200:

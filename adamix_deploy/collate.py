@@ -10,7 +10,6 @@ import torch
 from adamix_deploy.data import ClassificationExample, GenerationExample
 
 IGNORE_INDEX = -100  # label value that cross-entropy (and the consistency mask) skip
-DEFAULT_PROMPT_TEMPLATE = "{prompt}\n"
 
 
 def model_input_names(model) -> set[str]:

@@ -20,12 +20,19 @@ from pathlib import Path
 import click
 
 from adamix_deploy.checkpoint import read_config
+from adamix_deploy.command import run_one_line_errors
+from adamix_deploy.config import MixtureSpec, TrainOptions
 from adamix_deploy.errors import AdamixError
-from adamix_deploy.inject import MixtureSpec
-from adamix_deploy.train import TrainOptions, train
-from exporters.manifest import MANIFEST_NAME, sha256_folder
+from adamix_deploy.exporters.export_folder import (
+    MANIFEST_NAME,
+    ExportFolderError,
+    Manifest,
+    read_manifest,
+    sha256_folder,
+)
+from adamix_deploy.train import train
 
-DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+DEMO_DATA = Path(__file__).resolve().parent / "data"
 
 
 def demo_jobs(workdir: Path, scale: float) -> list[TrainOptions]:
@@ -79,15 +86,16 @@ def run_job(options: TrainOptions) -> dict:
     return train(options)
 
 
-def export_job(checkpoint: Path, deploy: Path) -> dict:
+def export_job(checkpoint: Path, deploy: Path) -> Manifest:
     """Export a checkpoint unless ``deploy`` already holds an export of exactly this checkpoint."""
-    from adamix_deploy.export import export_checkpoint
+    from adamix_deploy.exporters.pipeline import export_checkpoint
 
-    manifest_file = deploy / MANIFEST_NAME
-    if manifest_file.exists():
-        manifest = json.loads(manifest_file.read_text())
-        source = manifest.get("source") or {}
-        if source.get("sha256") == sha256_folder(checkpoint, source.get("files_hashed") or []):
+    if (deploy / MANIFEST_NAME).exists():
+        try:
+            manifest = read_manifest(deploy)
+        except ExportFolderError:
+            manifest = None  # an older or broken export: made again below
+        if manifest and manifest.source.sha256 == sha256_folder(checkpoint, manifest.source.files_hashed):
             click.echo(f"quickstart: reusing {deploy} (exported from this checkpoint)", err=True)
             return manifest
     click.echo(f"quickstart: exporting {checkpoint} -> {deploy} (merge, ONNX, parity check)", err=True)
@@ -197,7 +205,7 @@ def quickstart_cli(
         checkpoint = Path(job.output)
         deploy = Path(workdir) / "deploy" / checkpoint.name
         manifest = export_job(checkpoint, deploy)
-        result["export"] = {"folder": str(deploy), "parity": manifest["parity"]["stages"].get("onnx_fp32")}
+        result["export"] = {"folder": str(deploy), "parity": manifest.parity["stages"].get("onnx_fp32")}
         deploys.append(deploy)
     click.echo(json.dumps(results, indent=2))
     click.echo(
@@ -205,3 +213,6 @@ def quickstart_cli(
     )
     if not no_serve:
         serve_and_demo(deploys, port, demo_port, exit_when_ready)
+
+
+quickstart_command = run_one_line_errors(quickstart_cli)

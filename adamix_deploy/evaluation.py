@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from rouge_score import rouge_scorer
 from sklearn.metrics import accuracy_score, f1_score
 
-from adamix_deploy.batches import IGNORE_INDEX, batched, collate
+from adamix_deploy.collate import IGNORE_INDEX, batched, collate
 from adamix_deploy.mixture import set_routing
 from adamix_deploy.routing import Routing
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from adamix_deploy.batches import encode_classification, encode_generation, model_input_names
+from adamix_deploy.collate import encode_classification, encode_generation, model_input_names
 from adamix_deploy.data import read_classification, read_generation, seeded_subset
-from adamix_deploy.evaluate import evaluate_classification, evaluate_generation_loss
+from adamix_deploy.evaluation import evaluate_classification, evaluate_generation_loss
+from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE
 from adamix_deploy.importers import detect_and_load
 
 
@@ -34,7 +35,9 @@ def evaluate_routings(
         items = encode_classification(tokenizer, examples, config["labels"], max_length, model_input_names(model))
     else:
         examples = seeded_subset(read_generation(data_file), max_examples, seed)
-        items = encode_generation(tokenizer, examples, config.get("prompt_template") or "{prompt}\n", max_length)
+        items = encode_generation(
+            tokenizer, examples, config.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE, max_length
+        )
     results = {}
     for routing in routings:
         torch.manual_seed(seed)  # `random` routing draws from torch's generator

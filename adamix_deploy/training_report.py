@@ -1,0 +1,61 @@
+"""What a training run reports: one line per epoch on stderr and the JSON summary the CLI prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def run_summary(output: Path, config: dict, history: list, final: dict, elapsed: float, step: int) -> dict:
+    metric = _headline_metric(config["task"], final)
+    return {
+        "output": str(output),
+        "task": config["task"],
+        "method": config["mixture"]["method"],
+        "experts": config["mixture"]["experts"],
+        "metric": metric,
+        "eval": final.get("eval", {}),
+        **(
+            {"generation": {k: v for k, v in final["generation"].items() if k != "samples"}}
+            if "generation" in final
+            else {}
+        ),
+        "trainable_parameters": config["parameters"]["trainable"],
+        "total_parameters": config["parameters"]["total"],
+        "trainable_share": config["parameters"]["trainable_share"],
+        "train_seconds": round(elapsed, 2),
+        "steps": step,
+        "epochs": len(history),
+    }
+
+
+def _headline_metric(task: str, final: dict) -> dict | None:
+    if "generation" in final:
+        return {"name": "bleu", "value": final["generation"]["bleu"]}
+    ev = final.get("eval") or {}
+    if task == "classification" and "accuracy" in ev:
+        return {"name": "accuracy", "value": ev["accuracy"], "routing": ev["routing"]}
+    if "loss" in ev:
+        return {"name": "eval_loss", "value": ev["loss"], "routing": ev["routing"]}
+    return None
+
+
+def mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def epoch_line(epoch: int, epochs: int, record: dict) -> str:
+    ev = record["eval"]
+    if "accuracy" in ev:
+        shown = (
+            f"eval accuracy {ev['accuracy']:.4f}  f1 {ev['f1_macro']:.4f} ({ev['routing']}, {ev['examples']} ex)"
+        )
+    elif "loss" in ev:
+        shown = f"eval loss {ev['loss']:.4f}  ppl {ev['perplexity']:.2f} ({ev['routing']})"
+    else:
+        shown = "no eval file"
+    loss = record["train_loss"]
+    return (
+        f"epoch {epoch}/{epochs}  step {record['step']}  train loss {loss:.4f}  {shown}"
+        if loss is not None
+        else shown
+    )

@@ -1,0 +1,55 @@
+"""What an unfinished run saves beside its checkpoint for ``--resume``: optimizer, scheduler and RNG state.
+
+safetensors holds only flat tensors, so the state is split into tensors (``training_state.safetensors``) and a
+JSON skeleton (``training_state.json``); `restore_training_state` puts them back together. A resumed run ends
+with the same weights as an uninterrupted one (tests/test_checkpoint.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from adamix_deploy.checkpoint import WEIGHTS_NAME, load_trainable_weights
+
+
+def capture_training_state(optimizer, scheduler, step: int, history: list, elapsed: float) -> tuple[dict, dict]:
+    """Optimizer, scheduler and RNG state as (tensors, JSON): safetensors cannot hold nested structures."""
+    opt = optimizer.state_dict()
+    tensors = {"rng.torch": torch.get_rng_state()}
+    skeleton = {}
+    for pid, slots in opt["state"].items():
+        skeleton[str(pid)] = {}
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{pid}.{key}"] = value.contiguous()
+                skeleton[str(pid)][key] = None
+            else:
+                skeleton[str(pid)][key] = value
+    state = {
+        "step": step,
+        "history": history,
+        "elapsed": elapsed,
+        "optimizer_state": skeleton,
+        "param_groups": opt["param_groups"],
+        "scheduler": scheduler.state_dict(),
+    }
+    return tensors, json.loads(json.dumps(state))
+
+
+def restore_training_state(
+    model, optimizer, scheduler, state: tuple[dict, dict], output: Path
+) -> tuple[int, list, float]:
+    tensors, info = state
+    load_trainable_weights(model, load_file(output / WEIGHTS_NAME), output)
+    opt_state = {
+        int(pid): {k: tensors[f"optimizer.{pid}.{k}"] if v is None else v for k, v in slots.items()}
+        for pid, slots in info["optimizer_state"].items()
+    }
+    optimizer.load_state_dict({"state": opt_state, "param_groups": info["param_groups"]})
+    scheduler.load_state_dict(info["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    return info["step"], info["history"], info["elapsed"]

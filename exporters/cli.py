@@ -1,0 +1,49 @@
+"""`adamix-export`: parse the options, run the export pipeline, print where it went and what parity found."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from adamix_deploy.command import run_one_line_errors
+
+
+@click.command("adamix-export")
+@click.option(
+    "--merge",
+    "source",
+    required=True,
+    type=click.Path(),
+    help="Mixture checkpoint folder, PEFT LoRA folder, or official AdaMix .bin/.pt file.",
+)
+@click.option("--output", required=True, type=click.Path(), help="Export folder to write (atomically).")
+@click.option("--merge-method", default="average", show_default=True, help="average | delta-average | expert:i")
+@click.option("--quantize", type=click.Choice(["int8"]), help="Also write model_int8.onnx (dynamic, CPU).")
+@click.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (GPU).")
+@click.option("--opset", type=int, default=18, show_default=True)
+@click.option("--verify-file", type=click.Path(), help="Parity inputs (else built-in sentences / prompts).")
+@click.option("--tolerance", type=float, default=1e-4, show_default=True, help="fp32 max |Δlogit| allowed.")
+@click.option(
+    "--greedy-steps", type=int, default=16, show_default=True, help="Generation parity: tokens compared."
+)
+@click.option("--base-model", help="Base model folder or packaged name (PEFT / official imports, moved bases).")
+@click.option("--lora-alpha", type=float, help="Official GPT-2 AdaMix checkpoints: LoRA alpha (not stored).")
+@click.option("--adapter-activation", default="gelu", show_default=True, help="Official NLU checkpoints.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
+def export_cli(**o) -> None:
+    """Merge the experts, fold them into the base model, export ONNX and prove parity."""
+    from adamix_deploy.exporters.pipeline import export_checkpoint
+
+    manifest = export_checkpoint(
+        o["source"], o["output"], merge_method=o["merge_method"], quantize=o["quantize"], fp16=o["fp16"],
+        opset=o["opset"], verify_file=o["verify_file"], overwrite=o["overwrite"], tolerance=o["tolerance"],
+        base_model=o["base_model"], greedy_steps=o["greedy_steps"], lora_alpha=o["lora_alpha"],
+        adapter_activation=o["adapter_activation"],
+    )  # fmt: skip
+    click.echo(
+        json.dumps({"output": str(o["output"]), "parity": manifest.parity, "files": manifest.files}, indent=2)
+    )
+
+
+export_command = run_one_line_errors(export_cli)

@@ -1,0 +1,185 @@
+"""The export folder: the one contract between the exporter, which writes it, and the server, the demo and the
+quickstart, which read it. Every file name, task, precision and default of the format is defined here and
+nowhere else; readers go through `read_manifest` and the typed `Manifest`, never through the raw JSON.
+
+    deploy/x/
+      model.onnx             fp32, onnxruntime transformer fusions applied (generation: with key/value cache)
+      model_int8.onnx        --quantize int8 (dynamic, CPU)
+      model_fp16.onnx        --fp16 (GPU)
+      config.json, tokenizer.json (+ tokenizer_config.json, generation_config.json, chat template)
+      adamix_manifest.json   this module's `Manifest`
+      merged/                merged PyTorch weights as a Hugging Face folder
+
+A leaf module: it imports neither torch nor onnxruntime nor any stage, so every stage may import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from adamix_deploy.errors import AdamixError
+
+MANIFEST_NAME = "adamix_manifest.json"
+FORMAT = "adamix-export"
+FORMAT_VERSION = 1
+TASKS = ("classification", "generation")
+PRECISIONS = ("fp32", "fp16", "int8")
+ONNX_FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx", "fp16": "model_fp16.onnx"}
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+MODEL_CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+MERGED_FOLDER = "merged"
+# How a generation model's input is laid out when a checkpoint names no template: the record, then a newline.
+DEFAULT_PROMPT_TEMPLATE = "{prompt}\n"
+
+
+class ExportFolderError(AdamixError):
+    """A folder that is not a readable export of this format; the message names the folder and what is wrong."""
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    checkpoint: str  # absolute path it was exported from
+    format: str  # adamix-mixture | peft-lora | official-adamix-...
+    sha256: str  # over `files_hashed` (name and content), so a re-export of the same checkpoint is recognised
+    files_hashed: list[str]
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    name: str
+    path: str | None = None
+    model_type: str | None = None
+    architecture: str | None = None
+
+
+@dataclass(frozen=True)
+class MixtureInfo:
+    method: str
+    experts: int
+    share: str
+    rank: int | None = None
+    alpha: float | None = None
+    bottleneck: int | None = None
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    opset: int
+    onnxruntime_version: str
+    models: dict[str, str]  # precision -> file name (ONNX_FILES), only those written
+    fusions: dict[str, int] = field(default_factory=dict)
+    with_past: bool = False  # generation graphs take and return the key/value cache
+
+
+@dataclass(frozen=True)
+class Manifest:
+    task: str  # one of TASKS
+    labels: list[str] | None  # classification: the label of each logit, in order
+    prompt_template: str | None  # generation: how a prompt is laid out ({prompt} is replaced)
+    max_length: int | None  # the training run's token limit
+    base_model: BaseModelInfo
+    mixture: MixtureInfo
+    parameters: dict | None  # trainable / total parameter counts of the mixture
+    merge_method: str  # average | delta-average | expert:i
+    onnx: OnnxInfo
+    parity: dict  # exporters.parity's report: reference, tolerance, per-stage figures
+    source: SourceInfo
+    export_seconds: float
+    files: dict[str, int] = field(default_factory=dict)  # every file of the folder and its size in bytes
+
+    def onnx_file(self, precision: str) -> str:
+        """The ONNX file of that precision, or an error naming the ones this export has."""
+        if precision not in self.onnx.models:
+            have = ", ".join(self.onnx.models) or "none"
+            raise ExportFolderError(f"no {precision} ONNX model in this export (it has: {have})")
+        return self.onnx.models[precision]
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> Manifest:
+        """Check the format, version and every required field; one error line names what is missing."""
+        if data.get("format") != FORMAT:
+            raise ExportFolderError(f"{where}: {MANIFEST_NAME} is not an {FORMAT} manifest")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ExportFolderError(
+                f"{where}: {MANIFEST_NAME} has format version {version!r}; this adamix-deploy reads version "
+                f"{FORMAT_VERSION} (export the checkpoint again with this version's adamix-export)"
+            )
+        missing = [f.name for f in fields(cls) if f.name != "files" and f.name not in data]
+        if missing:
+            raise ExportFolderError(f"{where}: {MANIFEST_NAME} lacks {', '.join(missing)}")
+        if data["task"] not in TASKS:
+            raise ExportFolderError(f"{where}: manifest task {data['task']!r} is not one of {', '.join(TASKS)}")
+        if data["task"] == "classification" and not data.get("labels"):
+            raise ExportFolderError(f"{where}: a classification manifest must list its labels")
+        try:
+            return cls(
+                **{k: data[k] for k in ("task", "labels", "prompt_template", "max_length", "parameters")},
+                base_model=_typed(BaseModelInfo, data["base_model"]),
+                mixture=_typed(MixtureInfo, data["mixture"]),
+                merge_method=data["merge_method"],
+                onnx=_typed(OnnxInfo, data["onnx"]),
+                parity=data["parity"],
+                source=_typed(SourceInfo, data["source"]),
+                export_seconds=data["export_seconds"],
+                files=data.get("files") or {},
+            )
+        except (TypeError, AttributeError) as e:
+            raise ExportFolderError(f"{where}: {MANIFEST_NAME} has a malformed field: {e}") from None
+
+
+def _typed(kind: type, data: dict):
+    """A nested section: unknown keys (written by a newer exporter) are ignored, missing required ones raise."""
+    known = {f.name for f in fields(kind)}
+    return kind(**{k: v for k, v in data.items() if k in known})
+
+
+def read_manifest(folder: str | Path) -> Manifest:
+    """The typed manifest of an export folder. Raises `ExportFolderError`."""
+    folder = Path(folder)
+    file = folder / MANIFEST_NAME
+    if not file.is_file():
+        raise ExportFolderError(f"{folder}: {MANIFEST_NAME} is missing (is it a folder written by adamix-export?)")
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportFolderError(f"{folder}: {MANIFEST_NAME} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ExportFolderError(f"{folder}: {MANIFEST_NAME} is not a JSON object")
+    return Manifest.from_dict(data, str(folder))
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Manifest:
+    """Record every file's size (the server refuses a truncated copy), then write the manifest."""
+    manifest = replace(manifest, files=file_sizes(folder))
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2))
+    return manifest
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_folder(folder: Path, names: list[str]) -> str:
+    """One digest over the named files of a folder (name and content), in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(names):
+        digest.update(name.encode() + b"\0" + bytes.fromhex(sha256_file(folder / name)))
+    return digest.hexdigest()
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -1,0 +1,141 @@
+"""``adamix-export --merge``: mixture checkpoint -> merged model -> verified, self-contained export folder.
+
+Read `export_checkpoint` top to bottom: load (any supported checkpoint format), merge the experts and fold them
+(`adamix_deploy.merge`), write the merged Hugging Face folder, export ONNX, optimise, write the reduced
+precisions, check parity, write the manifest. Everything is built in a temporary folder and renamed into place
+only after parity passes. The folder's format is `exporters.export_folder`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from adamix_deploy.atomic import atomic_directory
+from adamix_deploy.checkpoint import CONFIG_NAME, WEIGHTS_NAME, MixtureCheckpoint
+from adamix_deploy.errors import AdamixError
+from adamix_deploy.exporters.export_folder import (
+    MERGED_FOLDER,
+    ONNX_FILES,
+    BaseModelInfo,
+    Manifest,
+    MixtureInfo,
+    OnnxInfo,
+    SourceInfo,
+    sha256_folder,
+    write_manifest,
+)
+from adamix_deploy.exporters.merged_folder import save_merged_folder
+from adamix_deploy.exporters.onnx_export import export_onnx
+from adamix_deploy.exporters.optimize import convert_fp16, optimize_graph, quantize_int8
+from adamix_deploy.exporters.parity import check_classification, check_generation, parity_inputs
+from adamix_deploy.importers import detect_and_load
+from adamix_deploy.merge import merge_mixture_model, parse_merge_method, routing_for
+from adamix_deploy.mixture import set_routing
+
+REDUCED_PRECISIONS = {"onnx_int8", "onnx_fp16"}  # parity reports their agreement; only fp32 must pass
+
+
+def export_checkpoint(
+    source: str | Path,
+    output: str | Path,
+    merge_method: str = "average",
+    quantize: str | None = None,
+    fp16: bool = False,
+    opset: int = 18,
+    verify_file: str | Path | None = None,
+    overwrite: bool = False,
+    tolerance: float = 1e-4,
+    base_model: str | None = None,
+    greedy_steps: int = 16,
+    lora_alpha: float | None = None,
+    adapter_activation: str = "gelu",
+) -> Manifest:
+    """Merge, fold, export, optimise and verify; returns the manifest written into ``output``."""
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise AdamixError(f"{output} exists: pass --overwrite to replace it")
+    if quantize not in (None, "int8"):
+        raise AdamixError(f"unknown quantisation {quantize!r}: only int8 is supported")
+    merge_method = parse_merge_method(merge_method)
+    started = time.perf_counter()
+    ckpt = detect_and_load(Path(source), base_model, lora_alpha, adapter_activation)
+    model, tokenizer, config = ckpt.model, ckpt.tokenizer, ckpt.config
+    task = config["task"]
+    set_routing(model, routing_for(merge_method))
+    merged = merge_mixture_model(model, merge_method)
+    samples = parity_inputs(task, verify_file, config)
+
+    with atomic_directory(output) as tmp:
+        save_merged_folder(merged, tokenizer, tmp / MERGED_FOLDER)
+        raw = tmp / ".raw"
+        raw_onnx = export_onnx(merged, tokenizer, task, raw, opset)
+        hf = merged.config
+        shape = (hf.model_type, hf.num_attention_heads, hf.hidden_size)
+        files = {"fp32": ONNX_FILES["fp32"]}
+        fusions = optimize_graph(raw_onnx, tmp / files["fp32"], *shape)
+        if quantize == "int8":
+            files["int8"] = ONNX_FILES["int8"]
+            quantize_int8(tmp / files["fp32"], tmp / files["int8"])
+        if fp16:
+            files["fp16"] = ONNX_FILES["fp16"]
+            convert_fp16(raw_onnx, tmp / files["fp16"], *shape)
+        for item in raw.iterdir():  # config, generation config and tokenizer files from optimum
+            if item.suffix != ".onnx" and not item.name.endswith(".onnx_data"):
+                shutil.move(str(item), tmp / item.name)
+        shutil.rmtree(raw)
+        stages = {f"onnx_{precision}": tmp / name for precision, name in files.items()}
+        if task == "classification":
+            max_length = config.get("max_length", 128)
+            parity = check_classification(
+                model, merged, tokenizer, stages, samples, REDUCED_PRECISIONS, tolerance, max_length
+            )
+        else:
+            parity = check_generation(
+                model, merged, tokenizer, stages, samples, REDUCED_PRECISIONS, tolerance, greedy_steps
+            )
+        onnx = OnnxInfo(opset, _onnxruntime_version(), files, fusions, with_past=task == "generation")
+        manifest = _manifest(ckpt, Path(source), merge_method, onnx, parity, started)
+        return write_manifest(tmp, manifest)
+
+
+def _onnxruntime_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def _manifest(
+    ckpt: MixtureCheckpoint, source: Path, merge_method: str, onnx: OnnxInfo, parity: dict, started: float
+) -> Manifest:
+    config = ckpt.config
+    if source.is_file():  # an official AdaMix file: its own digest
+        hashed_folder, hashed = source.parent, [source.name]
+    else:
+        hashed_folder = ckpt.folder
+        hashed = [
+            n for n in config.get("source_files", [CONFIG_NAME, WEIGHTS_NAME]) if (ckpt.folder / n).is_file()
+        ]
+    mixture = config["mixture"]
+    return Manifest(
+        task=config["task"],
+        labels=config.get("labels"),
+        prompt_template=config.get("prompt_template"),
+        max_length=config.get("max_length"),
+        base_model=BaseModelInfo(**config["base_model"]),
+        mixture=MixtureInfo(
+            **{k: mixture[k] for k in ("method", "experts", "share", "rank", "alpha", "bottleneck")}
+        ),
+        parameters=config.get("parameters"),
+        merge_method=merge_method,
+        onnx=onnx,
+        parity=parity,
+        source=SourceInfo(
+            checkpoint=str(source.absolute()),
+            format=config.get("source_format", "adamix-mixture"),
+            sha256=sha256_folder(hashed_folder, hashed),
+            files_hashed=hashed,
+        ),
+        export_seconds=round(time.perf_counter() - started, 1),
+    )
