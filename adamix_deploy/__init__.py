@@ -1,10 +1,13 @@
-"""AdaMix (mixture of adaptations): mixture modules, training, mixture checkpoints, merge/fold, CLIs.
+"""AdaMix (mixture of adaptations): the training stage. Mixture modules, training, mixture checkpoints,
+importers, merge/fold as pure functions, and the commands adamix-train, adamix-eval, adamix-models.
 
-Data flows one way: train -> mixture checkpoint -> merge/fold -> export folder -> server/demo.
-This package owns the stages up to the export folder; it knows nothing of HTTP or Gradio.
+Data flows one way: train -> mixture checkpoint -> merge/fold -> export folder -> server/demo. The other
+stages install under this name (``adamix_deploy.exporters``, ``adamix_deploy.serving``, ``adamix_deploy.demo``,
+``adamix_deploy.quickstart``) but live in their own top-level folders; this package imports none of them
+except the leaf ``exporters.export_folder`` (the format's names and defaults).
 
-The names below load on first use: ``import adamix_deploy.cli`` (and with it ``adamix-serve``) must not pull
-in torch, which the server never needs.
+The names below load on first use: importing any subpackage (the server's, say) runs this file, and must not
+pull in torch, which the server never needs.
 """
 
 from importlib import import_module

@@ -2,7 +2,8 @@
 
 - the project's mixture checkpoint (``adamix_config.json``)
 - a PEFT LoRA folder (``adapter_config.json`` + ``adapter_model.safetensors``): one expert
-- the official AdaMix checkpoints (torch-saved, loaded with ``weights_only=True``: no pickled code runs):
+- the official AdaMix checkpoints (torch-saved, loaded with ``weights_only=True``: no pickled code runs), as
+  a file or as a release folder holding one ``pytorch_model*.bin`` (``pytorch_model_mnli.bin`` and the like):
   NLU adapters (``...output.ExpertSoup.MoA_{A,B}.deepspeed_experts.j.{weight,bias}``) and GPT-2 NLG LoRA
   (``model_state_dict`` with ``...attn.c_attn.experts_lora_{A,B}.j``, q and v only, fan-in-fan-out)
 """
@@ -35,17 +36,27 @@ def detect_and_load(
         return load_checkpoint(path, base_model)
     if path.is_dir() and (path / "adapter_config.json").is_file():
         return load_peft_lora(path, base_model)
-    official = (
-        path if path.is_file() else next((path / n for n in ("pytorch_model.bin",) if (path / n).is_file()), None)
-    )
+    official = path if path.is_file() else _official_in_folder(path) if path.is_dir() else None
     if official is not None and official.suffix in OFFICIAL_SUFFIXES:
         return load_official_adamix(official, base_model, lora_alpha, activation)
     if not path.exists():
         raise CheckpointError(f"{path}: no such checkpoint")
     raise CheckpointError(
         f"{path}: unknown checkpoint format (expected a mixture checkpoint, a PEFT LoRA folder or an official "
-        f"AdaMix {'/'.join(OFFICIAL_SUFFIXES)} file)"
+        f"AdaMix {'/'.join(OFFICIAL_SUFFIXES)} file or a folder holding one pytorch_model* file)"
     )
+
+
+def _official_in_folder(folder: Path) -> Path | None:
+    """The one ``pytorch_model*`` weights file of an official AdaMix release folder (they ship as
+    ``pytorch_model_mnli.bin`` and the like), or None when there is none; several make the choice the user's."""
+    candidates = sorted(p for p in folder.glob("pytorch_model*") if p.is_file() and p.suffix in OFFICIAL_SUFFIXES)
+    if len(candidates) > 1:
+        names = ", ".join(p.name for p in candidates)
+        raise CheckpointError(
+            f"{folder}: several official AdaMix checkpoints ({names}): pass the path of the one to load"
+        )
+    return candidates[0] if candidates else None
 
 
 def _resolve_base(name: str | None, origin: Path, hint: str) -> Path:
@@ -222,7 +233,9 @@ def _official_nlu(path: Path, state: dict, base_model: str | None, activation: s
         tensors[f"{target}.up_weight"] = _stack(sides["B.weight"], path, module)
         tensors[f"{target}.up_bias"] = _stack(sides["B.bias"], path, module)
     load_trainable_weights(model, tensors, path)
-    config = _config(base_model, base_path, model, "classification", labels, spec, head, "official-adamix-nlu", [])
+    config = _config(
+        base_model, base_path, model, "classification", labels, spec, head, "official-adamix-nlu", [path.name]
+    )
     return _checkpoint(model, tokenizer, config, path.parent)
 
 
@@ -264,7 +277,9 @@ def _official_gpt2(path: Path, state: dict, base_model: str | None, lora_alpha: 
         b_full[:, 2 * d :, r:] = b_compact[:, d:]  # v block uses the last r rows of A
         tensors[f"{name}.lora_B"] = b_full
     load_trainable_weights(model, tensors, path)
-    config = _config(base_model, base_path, model, "generation", None, spec, head, "official-adamix-gpt2", [])
+    config = _config(
+        base_model, base_path, model, "generation", None, spec, head, "official-adamix-gpt2", [path.name]
+    )
     return _checkpoint(model, tokenizer, config, path.parent)
 
 

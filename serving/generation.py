@@ -127,18 +127,20 @@ class GenerationEngine:
                 while self._pending and len(self._rows) + len(admitted) < self.max_batch:
                     admitted.append(self._pending.popleft())
             for job in admitted:
-                self._guarded([job], lambda job=job: self._admit(job))
+                # a failed admission ends that job only: _admit changes the batch state only once it succeeded
+                self._guarded([job], lambda job=job: self._admit(job), drops_batch=False)
             if self._rows:
-                self._guarded([r.job for r in self._rows], self._step)
+                self._guarded([r.job for r in self._rows], self._step, drops_batch=True)
 
-    def _guarded(self, jobs: list[GenerationJob], work: Callable[[], None]) -> None:
+    def _guarded(self, jobs: list[GenerationJob], work: Callable[[], None], drops_batch: bool) -> None:
         try:
             work()
         except Exception as e:  # an onnxruntime failure ends these jobs with an error, not the engine
             log.exception("generation failed")
             for job in jobs:
                 job.emit(Failed(f"generation failed: {type(e).__name__}: {e}"))
-            self._rows, self._past, self._mask = [], {}, None
+            if drops_batch:  # a failed step leaves no usable cache: every row in it has been told
+                self._rows, self._past, self._mask = [], {}, None
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {k: v for k, v in feed.items() if k in self._inputs}
@@ -159,16 +161,17 @@ class GenerationEngine:
             return
         presents = {name: out[name.replace("past_key_values.", "present.")] for name in self._past_names}
         if self._mask is None:
-            self._past, self._mask = presents, np.ones((1, n), dtype=np.int64)
+            past, mask = presents, np.ones((1, n), dtype=np.int64)
         else:
             width = max(self._mask.shape[1], n)
-            self._past = {
+            past = {
                 k: np.concatenate([_left_pad(self._past[k], width, 2), _left_pad(presents[k], width, 2)])
                 for k in self._past_names
             }
-            self._mask = np.concatenate(
+            mask = np.concatenate(
                 [_left_pad(self._mask, width, 1), _left_pad(np.ones((1, n), dtype=np.int64), width, 1)]
             )
+        self._past, self._mask = past, mask
         self._rows.append(row)
 
     def _step(self) -> None:

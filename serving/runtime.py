@@ -108,7 +108,7 @@ class ModelRuntime:
             logits = await self.batcher.classify(items, self.settings.request_timeout_s)
         except QueueFull:
             raise queue_full(self.name) from None
-        except TimeoutError:
+        except asyncio.TimeoutError:  # Python 3.10's wait_for raises this, not the builtin
             raise timed_out(self.name, self.settings.request_timeout_s) from None
         labels = m.labels
         results = []
@@ -178,7 +178,7 @@ class ModelRuntime:
             while True:
                 try:
                     event = await asyncio.wait_for(events.get(), max(deadline - loop.time(), 0))
-                except TimeoutError:
+                except asyncio.TimeoutError:  # Python 3.10's wait_for raises this, not the builtin
                     raise timed_out(self.name, self.settings.request_timeout_s) from None
                 if isinstance(event, Failed):
                     raise ServeError(500, event.message)

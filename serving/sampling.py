@@ -18,6 +18,8 @@ def next_token(logits: np.ndarray, params: SamplingParams, rng: np.random.Genera
     if params.temperature <= 0:
         return int(logits.argmax())
     scaled = logits.astype(np.float64) / params.temperature
+    if not np.isfinite(scaled.max()):  # a temperature so small that the division overflows: the limit is greedy
+        return int(logits.argmax())
     if params.top_k and params.top_k < scaled.size:
         kth = np.partition(scaled, -params.top_k)[-params.top_k]
         scaled = np.where(scaled < kth, -np.inf, scaled)

@@ -101,11 +101,10 @@ class IncrementalDecoder:
         """Add one token; returns (new text safe to send, whether a stop string was reached)."""
         self.ids.append(token_id)
         self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        for s in self.stop:
-            at = self.text.find(s)
-            if at != -1:
-                self.text = self.text[:at]
-                return self._take(len(self.text)), True
+        hits = [at for at in (self.text.find(s) for s in self.stop) if at != -1]
+        if hits:  # the earliest occurrence wins, whatever the order of the stop list
+            self.text = self.text[: min(hits)]
+            return self._take(len(self.text)), True
         if self.text.endswith("\ufffd"):
             return "", False
         return self._take(len(self.text) - self.hold), False
