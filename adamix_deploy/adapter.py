@@ -1,4 +1,13 @@
-"""Mixture of Houlsby bottleneck adapters: ``h + up(act(down(h)))`` with M experts per side."""
+"""Mixture of Houlsby bottleneck adapters: ``h + up(act(down(h)))`` with M experts per side.
+
+Initialisation (``init``):
+- ``official``: every expert's down and up weights drawn independently from N(0, 0.02), biases zero; the up
+  side is *not* zero. This is what the official code ends up with: ``MixtureSoup`` deep-copies one
+  ``nn.Linear`` per expert, then ``RobertaPreTrainedModel._init_weights`` re-draws every ``nn.Linear``
+  (microsoft/AdaMix ``src/transformers/models/expert_soup.py``, ``modeling_roberta.py``).
+- ``kaiming-zero-up``: ``nn.Linear``'s own initialisation for down (kaiming-uniform weight, uniform bias),
+  up zero, so the module starts as the identity.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +20,20 @@ from transformers.activations import ACT2FN
 
 from adamix_deploy.mixture import MixtureModule, side_sizes
 
+OFFICIAL_INIT_STD = 0.02  # BERT/RoBERTa's initializer_range, which the official code's re-initialisation uses
+
 
 class MixtureAdapter(MixtureModule):
-    """M bottleneck adapters (d -> r -> d). ``up`` starts at zero, so the module starts as the identity."""
+    """M bottleneck adapters (d -> r -> d)."""
 
     def __init__(
-        self, hidden_size: int, bottleneck: int, experts: int, share: str = "up", activation: str = "gelu"
+        self,
+        hidden_size: int,
+        bottleneck: int,
+        experts: int,
+        share: str = "up",
+        activation: str = "gelu",
+        init: str = "official",
     ) -> None:
         super().__init__(experts, share)
         n_down, n_up = side_sizes(experts, share)
@@ -26,9 +43,14 @@ class MixtureAdapter(MixtureModule):
         self.up_weight = nn.Parameter(torch.zeros(n_up, hidden_size, bottleneck))
         self.up_bias = nn.Parameter(torch.zeros(n_up, hidden_size))
         self.act = ACT2FN[activation]
-        for i in range(n_down):  # nn.Linear's own initialisation, expert by expert
-            nn.init.kaiming_uniform_(self.down_weight[i], a=math.sqrt(5))
-            nn.init.uniform_(self.down_bias[i], -1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size))
+        if init == "official":
+            for weight in (self.down_weight, self.up_weight):
+                nn.init.normal_(weight, std=OFFICIAL_INIT_STD)
+            nn.init.zeros_(self.down_bias)
+        else:
+            for i in range(n_down):  # nn.Linear's own initialisation, expert by expert
+                nn.init.kaiming_uniform_(self.down_weight[i], a=math.sqrt(5))
+                nn.init.uniform_(self.down_bias[i], -1 / math.sqrt(hidden_size), 1 / math.sqrt(hidden_size))
 
     def bottleneck_path(self, h, down_w, down_b, up_w, up_b):
         return F.linear(self.act(F.linear(h, down_w, down_b)), up_w, up_b)

@@ -41,7 +41,7 @@ class MixtureCheckpoint:
 
 
 def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def save_checkpoint(

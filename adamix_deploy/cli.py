@@ -7,10 +7,28 @@ from __future__ import annotations
 import json
 
 import click
+from click.core import ParameterSource
 
 from adamix_deploy.command import run_one_line_errors
+from adamix_deploy.config import INITS, RECIPES, default_recipe
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import TASKS
+from adamix_deploy.training_report import headline
+
+
+def _with_recipe(ctx: click.Context, options: dict) -> dict:
+    """The recipe's values for every option left at its default; what the user typed wins."""
+    name = options["recipe"]
+    if name == "auto":
+        name = (
+            default_recipe(options["task"] or "classification", options["method"])
+            if options["method"] != "head"
+            else None
+        )
+    if name in (None, "none"):
+        return options
+    typed = {key for key in options if ctx.get_parameter_source(key) not in (ParameterSource.DEFAULT, None)}
+    return {**options, **{k: v for k, v in RECIPES[name].items() if k not in typed}, "recipe": name}
 
 
 def _patterns(value: str | None) -> list[str] | None:
@@ -24,6 +42,13 @@ def _patterns(value: str | None) -> list[str] | None:
 @click.option("--eval-file", type=click.Path(), help="Evaluated after each epoch.")
 @click.option("--output", required=True, type=click.Path(), help="Checkpoint folder to write.")
 @click.option("--method", type=click.Choice(["adapter", "lora", "head"]), default="adapter", show_default=True)
+@click.option(
+    "--recipe",
+    type=click.Choice(["auto", "none", *RECIPES]),
+    default="auto",
+    show_default=True,
+    help="The official AdaMix settings (README); auto: by task and method. Options you give override it.",
+)
 @click.option("--experts", type=int, default=4, show_default=True, help="Experts per side; 1 = single module.")
 @click.option(
     "--share",
@@ -37,6 +62,13 @@ def _patterns(value: str | None) -> list[str] | None:
 @click.option("--lora-alpha", type=float, default=16.0, show_default=True)
 @click.option("--lora-dropout", type=float, default=0.0, show_default=True)
 @click.option(
+    "--init",
+    type=click.Choice(INITS),
+    default="official",
+    show_default=True,
+    help="official: LoRA A experts identical copies, adapters N(0, 0.02); kaiming-zero-up: independent draws, up = 0.",
+)
+@click.option(
     "--placement",
     type=click.Choice(["ffn", "ffn+attn"]),
     default="ffn",
@@ -49,12 +81,19 @@ def _patterns(value: str | None) -> list[str] | None:
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, help="Default: 3e-3 adapter and LoRA, 2e-2 head only.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--label-smoothing", type=float, default=0.0, show_default=True, help="Generation's task loss.")
+@click.option(
+    "--train-pooler",
+    is_flag=True,
+    help="Also train the pooler's dense layer with the head (models that have one).",
+)
 @click.option("--warmup-ratio", type=float, default=0.06, show_default=True)
 @click.option("--max-length", type=int, default=128, show_default=True)
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--text-column")
 @click.option("--pair-column", help="Second text of pair tasks (auto: sentence2 / hypothesis).")
 @click.option("--label-column", default="label", show_default=True)
+@click.option("--no-header", is_flag=True, help="Header-less TSV (CoLA): column options are positions 0, 1, ...")
 @click.option("--prompt-column")
 @click.option("--target-column")
 @click.option("--max-train-examples", type=int, help="A fixed seeded subset of the training file.")
@@ -76,11 +115,13 @@ def _patterns(value: str | None) -> list[str] | None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 @click.option("--threads", type=int, help="torch CPU threads.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train_cli(**o) -> None:
+@click.pass_context
+def train_cli(ctx: click.Context, **o) -> None:
     """Train an AdaMix mixture (adapters or LoRA) and write a mixture checkpoint."""
     from adamix_deploy.config import MixtureSpec, TrainOptions
     from adamix_deploy.train import train
 
+    o = _with_recipe(ctx, o)
     if o["threads"]:
         import torch
 
@@ -98,6 +139,7 @@ def train_cli(**o) -> None:
         lora_dropout=o["lora_dropout"],
         bottleneck=o["bottleneck"],
         placement=o["placement"],
+        init=o["init"],
         targets=_patterns(o["targets"]),
     )
     options = TrainOptions(
@@ -118,6 +160,9 @@ def train_cli(**o) -> None:
         text_column=o["text_column"],
         pair_column=o["pair_column"],
         label_column=o["label_column"],
+        header=not o["no_header"],
+        label_smoothing=o["label_smoothing"],
+        train_pooler=o["train_pooler"],
         prompt_column=o["prompt_column"],
         target_column=o["target_column"],
         max_train_examples=o["max_train_examples"],
@@ -148,8 +193,7 @@ def eval_cli(checkpoint, data_file, routings, max_examples, seed, base_model) ->
 
     result = evaluate_routings(checkpoint, data_file, list(routings) or None, max_examples, seed, base_model)
     for routing, metrics in result["routings"].items():
-        shown = f"accuracy {metrics['accuracy']:.4f}" if "accuracy" in metrics else f"loss {metrics['loss']:.4f}"
-        click.echo(f"{routing:12} {shown}", err=True)
+        click.echo(f"{routing:12} {headline(metrics)}", err=True)
     click.echo(json.dumps(result, indent=2))
 
 

@@ -20,18 +20,22 @@ def model_input_names(model) -> set[str]:
 def encode_classification(
     tokenizer,
     examples: Sequence[ClassificationExample],
-    labels: list[str],
+    labels: list[str] | None,
     max_length: int,
     accepted: set[str] | None = None,
 ) -> list[dict]:
+    """Token ids and the target: the label's index, or (``labels`` None: regression) the score as a float."""
     if not examples:
         return []
-    label_ids = {label: i for i, label in enumerate(labels)}
+    label_ids = {label: i for i, label in enumerate(labels)} if labels is not None else None
     texts = [e.text for e in examples]
     pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
     encoded = tokenizer(texts, pairs, truncation=True, max_length=max_length)
     keys = [k for k in encoded.keys() if accepted is None or k in accepted]
-    return [{**{k: encoded[k][i] for k in keys}, "labels": label_ids[e.label]} for i, e in enumerate(examples)]
+    return [
+        {**{k: encoded[k][i] for k in keys}, "labels": label_ids[e.label] if label_ids else float(e.label)}
+        for i, e in enumerate(examples)
+    ]
 
 
 def encode_generation(
@@ -48,12 +52,14 @@ def encode_generation(
     return items
 
 
-def collate(items: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest item; labels of padding are ignored."""
+def collate(
+    items: Sequence[dict], pad_token_id: int, device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest item; labels of padding are ignored. Tensors land on ``device`` (CPU if None)."""
     width = max(len(item["input_ids"]) for item in items)
     batch: dict[str, torch.Tensor] = {}
     for key in items[0]:
-        if key == "labels" and isinstance(items[0]["labels"], int):
+        if key == "labels" and isinstance(items[0]["labels"], int | float):
             batch["labels"] = torch.tensor([item["labels"] for item in items])
             continue
         fill = {"input_ids": pad_token_id, "labels": IGNORE_INDEX}.get(key, 0)
@@ -61,7 +67,7 @@ def collate(items: Sequence[dict], pad_token_id: int) -> dict[str, torch.Tensor]
     batch["attention_mask"] = torch.tensor(
         [[1] * len(item["input_ids"]) + [0] * (width - len(item["input_ids"])) for item in items]
     )
-    return batch
+    return {k: v.to(device) for k, v in batch.items()} if device is not None else batch
 
 
 def batched(items: Sequence, batch_size: int):

@@ -17,6 +17,7 @@ from adamix_deploy.routing import Routing
 SHARE_CHOICES = ("up", "down", "none")
 METHODS = ("adapter", "lora", "head")
 PLACEMENTS = ("ffn", "ffn+attn")
+INITS = ("official", "kaiming-zero-up")  # see adapter.py and lora.py for what each draws
 
 
 @dataclass
@@ -32,6 +33,7 @@ class MixtureSpec:
     bottleneck: int = 16  # adapter width
     activation: str = "gelu"
     placement: str = "ffn"  # adapter positions: ffn | ffn+attn
+    init: str = "official"  # official | kaiming-zero-up (the initialisation before issue 10)
     targets: list[str] | None = None  # module-name patterns overriding the family defaults
     modules: list[str] = field(default_factory=list)  # filled by inject_mixture: the names wrapped
 
@@ -50,6 +52,8 @@ class MixtureSpec:
             raise AdamixError(f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}")
         if not 0 <= self.lora_dropout < 1:
             raise AdamixError(f"lora dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.init not in INITS:
+            raise AdamixError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +65,36 @@ class MixtureSpec:
 
 # Measured on MiniLM-L6 / SST-2 (1,000 examples, 3 epochs): 1e-3 underfits in short runs, 3e-3 does not.
 DEFAULT_LR = {"adapter": 3e-3, "lora": 3e-3, "head": 2e-2}
+
+# The paper's settings in one word: what the official scripts set besides the learning rate, the epochs and
+# the batch (those depend on the model and the data size; see the README's benchmark). Sources, in
+# microsoft/AdaMix: NLU `examples/text-classification/roberta_large_mnli_expert_soup.sh` and
+# `bert_base_mnli_expert_soup.sh` (4 experts, adapter size 16, --sharing_up 1, weight decay 0.1, warm-up 6 %,
+# consistency loss weight 1, the classifier head's dense layer trained); NLG `NLG/run_train_e2e.sh` (8 experts,
+# r 4, alpha 32, LoRA dropout 0.1, label smoothing 0.1, --share_B 1, weight decay 0.01, consistency x 100,
+# warm-up 2000 of ~105k steps). The official repository has no NLU LoRA script: `nlu-lora` is the NLG LoRA
+# module (identical A copies, shared B) with the NLU training settings and the LoRA paper's r 8 / alpha 16.
+RECIPES: dict[str, dict[str, object]] = {
+    "nlu-adapter": {
+        "experts": 4, "share": "up", "bottleneck": 16, "init": "official", "consistency_weight": 1.0,
+        "weight_decay": 0.1, "warmup_ratio": 0.06, "train_pooler": True,
+    },
+    "nlu-lora": {
+        "experts": 4, "share": "up", "rank": 8, "lora_alpha": 16.0, "init": "official", "consistency_weight": 1.0,
+        "weight_decay": 0.1, "warmup_ratio": 0.06, "train_pooler": True,
+    },
+    "nlg-lora": {
+        "experts": 8, "share": "up", "rank": 4, "lora_alpha": 32.0, "lora_dropout": 0.1, "init": "official",
+        "consistency_weight": 100.0, "weight_decay": 0.01, "warmup_ratio": 0.02, "label_smoothing": 0.1,
+    },
+}  # fmt: skip
+
+
+def default_recipe(task: str, method: str) -> str | None:
+    """The recipe ``--recipe auto`` picks: the official setting of that task family and method, if any."""
+    family = "nlg" if task == "generation" else "nlu"
+    name = f"{family}-{method}"
+    return name if name in RECIPES else None
 
 
 @dataclass
@@ -85,6 +119,10 @@ class TrainOptions:
     prompt_column: str | None = None
     target_column: str | None = None
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    header: bool = True  # False: the files have no header row; column options are positions (0, 1, ...)
+    label_smoothing: float = 0.0  # generation's task loss (0.1 in the official E2E runs)
+    train_pooler: bool = False  # also train the pooler's dense layer with the head, where the model has one
+    device: str | None = None  # torch device to train on; None: cuda when available, else cpu
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     eval_routing: str = "average"
@@ -97,6 +135,23 @@ class TrainOptions:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise AdamixError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        if self.task != "generation" and self.label_smoothing:
+            raise AdamixError("label smoothing applies to generation only")
+        if not 0 <= self.label_smoothing < 1:
+            raise AdamixError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.task == "generation" and self.train_pooler:
+            raise AdamixError(
+                "--train-pooler applies to classification and regression (a language model has no pooler)"
+            )
+        if not self.header:
+            for name in ("text_column", "pair_column", "label_column"):
+                value = getattr(self, name)
+                if value is not None and not value.isdigit():
+                    raise AdamixError(
+                        f"without a header, --{name.replace('_', '-')} is a column position (0, 1, ...), got {value!r}"
+                    )
+            if self.text_column is None:
+                raise AdamixError("without a header, give --text-column and --label-column as positions")
         if self.task == "generation" and self.mixture.method == "head":
             raise AdamixError(
                 "method head trains nothing for generation (a language model has no new head): use lora or adapter"
@@ -106,6 +161,8 @@ class TrainOptions:
                 raise AdamixError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.lr is not None and self.lr <= 0:
             raise AdamixError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise AdamixError(f"weight decay must be >= 0, got {self.weight_decay}")
         if self.consistency_weight < 0:
             raise AdamixError(f"consistency weight must be >= 0, got {self.consistency_weight}")
         if "{prompt}" not in self.prompt_template:
@@ -114,6 +171,15 @@ class TrainOptions:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def data_columns(self) -> dict:
+        """How this run reads a labelled file: what `adamix-eval` and the export's parity reuse."""
+        return {
+            "text_column": self.text_column,
+            "pair_column": self.pair_column,
+            "label_column": self.label_column,
+            "header": self.header,
+        }
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainOptions:

@@ -2,6 +2,9 @@
 
 Classification: a text column (``sentence``, ``text``, ``sentence1``, ``premise`` or ``question`` unless
 named), an optional second text for pair tasks (``sentence2``, ``hypothesis``), and a ``label`` column.
+Regression (STS-B): the same, with a numeric label column (``--label-column score``).
+Header-less TSVs (CoLA's train and dev): ``header=False`` names the columns by position, "0", "1", ...
+Files may start with a UTF-8 byte-order mark, as some GLUE distributions do.
 Generation: ``prompt`` and ``target`` columns, or the E2E csv (``mr``, ``ref``), or WebNLG JSON lines
 (``triples`` -> each of ``lexs``). Every problem is a ``DataError`` naming the file and what is wrong.
 """
@@ -37,13 +40,14 @@ class GenerationExample:
     target: str
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """Rows of a .tsv, .csv or .jsonl file as dicts keyed by the header (or JSON keys)."""
+def read_rows(path: str | Path, header: bool = True) -> list[dict]:
+    """Rows of a .tsv, .csv or .jsonl file as dicts keyed by the header (or JSON keys); without a header,
+    keyed by column position ("0", "1", ...)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a leading byte-order mark is not part of a name
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
     suffix = path.suffix.lower()
@@ -64,7 +68,13 @@ def read_rows(path: str | Path) -> list[dict]:
         raise DataError(f"{path}: unsupported file type {suffix!r} (use .tsv, .csv or .jsonl)")
     # GLUE TSVs contain bare quote characters inside sentences: TSV is read without quoting.
     quoting = csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL
-    reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",", quoting=quoting)
+    lines = text.splitlines()
+    delimiter = "\t" if suffix == ".tsv" else ","
+    names = None
+    if not header:
+        first = next(csv.reader(lines[:1], delimiter=delimiter, quoting=quoting), [])
+        names = [str(i) for i in range(len(first))]
+    reader = csv.DictReader(lines, fieldnames=names, delimiter=delimiter, quoting=quoting)
     rows = []
     for number, row in enumerate(reader, 2):
         if None in row or any(v is None for v in row.values()):
@@ -102,10 +112,13 @@ def read_classification(
     pair_column: str | None = None,
     label_column: str = "label",
     labels: Sequence[str] | None = None,
+    header: bool = True,
+    regression: bool = False,
 ) -> list[ClassificationExample]:
-    """Examples of a labelled file; with ``labels`` given, a label outside the set is an error."""
+    """Examples of a labelled file; with ``labels`` given, a label outside the set is an error. With
+    ``regression``, every label must be a number."""
     path = Path(path)
-    rows = _nonempty(path, read_rows(path))
+    rows = _nonempty(path, read_rows(path, header))
     columns = list(rows[0].keys())
     text_col = _pick_column(path, columns, text_column, TEXT_COLUMNS, "text")
     if pair_column is None and PAIR_COLUMNS.get(text_col) in columns:
@@ -119,7 +132,14 @@ def read_classification(
         label = str(row[label_col]).strip()
         if label == "":
             raise DataError(f"{path}: example {number} has an empty label")
-        if allowed is not None and label not in allowed:
+        if regression:
+            try:
+                float(label)
+            except ValueError:
+                raise DataError(
+                    f"{path}: example {number} has label {label!r}, not a number (regression)"
+                ) from None
+        elif allowed is not None and label not in allowed:
             raise DataError(
                 f"{path}: example {number} has label {label!r}, not in the label set {sorted(allowed)}"
             )
@@ -182,3 +202,15 @@ def seeded_subset(items: list, size: int | None, seed: int) -> list:
         return items
     keep = sorted(random.Random(seed).sample(range(len(items)), size))
     return [items[i] for i in keep]
+
+
+def read_like_checkpoint(path: str | Path, config: dict) -> list:
+    """The examples of a labelled file, read as the checkpoint's training run read its files: same columns,
+    header or not, label set or numeric labels (``adamix-eval``, the export's parity and routing figures)."""
+    if config["task"] == "generation":
+        return read_generation(path)
+    columns = config.get("data_columns") or {}
+    regression = config["task"] == "regression"
+    return read_classification(
+        path, **columns, labels=None if regression else config["labels"], regression=regression
+    )

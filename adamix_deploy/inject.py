@@ -81,10 +81,12 @@ def inject_mixture(model: nn.Module, spec: MixtureSpec) -> list[str]:
     for name in names:
         base = model.get_submodule(name)
         if spec.method == "lora":
-            wrapped = MixtureLoRALinear(base, spec.rank, spec.alpha, spec.experts, spec.share, spec.lora_dropout)
+            wrapped = MixtureLoRALinear(
+                base, spec.rank, spec.alpha, spec.experts, spec.share, spec.lora_dropout, spec.init
+            )
         else:
             hidden = linear_features(base)[1]
-            adapter = MixtureAdapter(hidden, spec.bottleneck, spec.experts, spec.share, spec.activation)
+            adapter = MixtureAdapter(hidden, spec.bottleneck, spec.experts, spec.share, spec.activation, spec.init)
             wrapped = LinearWithAdapter(base, adapter)
         set_submodule(model, name, wrapped.to(next(base.parameters()).dtype))
     spec.modules = list(names)

@@ -2,6 +2,13 @@
 
 ``y = W x + b + (alpha / r) * B_j A_i dropout(x)`` where A (r x d_in, the "down" side) and B (d_out x r,
 the "up" side) each have M experts, picked independently per call in training.
+
+Initialisation (``init``):
+- ``official``: one kaiming-uniform A deep-copied into every expert, B zero (microsoft/AdaMix
+  ``NLG/loralib/layers.py:AdamixMergedLinear.__init__``). All experts start identical, so the mixture starts
+  exactly equal to one LoRA, and the average of the experts stays a meaningful LoRA.
+- ``kaiming-zero-up``: each A expert drawn independently, B zero. mean(A) then starts with about 1/sqrt(M) of
+  one expert's norm.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ class MixtureLoRALinear(MixtureModule):
         experts: int,
         share: str = "up",
         dropout: float = 0.0,
+        init: str = "official",
     ) -> None:
         super().__init__(experts, share)
         in_features, out_features = linear_features(base)
@@ -43,8 +51,11 @@ class MixtureLoRALinear(MixtureModule):
         self.scaling = alpha / rank
         self.lora_A = nn.Parameter(torch.empty(n_a, rank, in_features))
         self.lora_B = nn.Parameter(torch.zeros(n_b, out_features, rank))  # zero: starts as the base layer
-        for i in range(n_a):
-            nn.init.kaiming_uniform_(self.lora_A[i], a=math.sqrt(5))
+        with torch.no_grad():
+            for i in range(n_a):
+                nn.init.kaiming_uniform_(self.lora_A[i], a=math.sqrt(5))
+            if init == "official":
+                self.lora_A.copy_(self.lora_A[0:1].expand_as(self.lora_A))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

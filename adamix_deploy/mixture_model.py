@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -11,6 +12,8 @@ from transformers.utils import logging as transformers_logging
 from adamix_deploy.config import MixtureSpec
 from adamix_deploy.errors import ModelError
 from adamix_deploy.inject import freeze_all_but, inject_mixture, mixture_parameter_names
+
+POOLER_PATTERN = re.compile(r"(^|\.)pooler\.dense\.(weight|bias)$")
 
 
 def load_tokenizer(path: Path):
@@ -32,7 +35,15 @@ def load_base_model(
     # Loading messages (a new head, unused weights, sharding notes) are expected here: keep them quiet.
     transformers_logging.set_verbosity_error()
     try:
-        if task == "classification":
+        if task == "regression":  # one output, trained with MSE (transformers' problem_type "regression")
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                path,
+                num_labels=1,
+                problem_type="regression",
+                pad_token_id=tokenizer.pad_token_id,
+                output_loading_info=True,
+            )
+        elif task == "classification":
             assert labels is not None
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 path,
@@ -58,12 +69,21 @@ def build_mixture_model(
     spec: MixtureSpec,
     tokenizer,
     head: list[str] | None = None,
+    train_pooler: bool = False,
 ) -> tuple[torch.nn.Module, list[str]]:
     """Base model + mixture modules, base frozen: only the mixture parameters and the task head train, and
     they are exactly the tensors a checkpoint stores. Returns the model and the head's parameter names
-    (``head`` given: those of a checkpoint; else the parameters the base checkpoint did not have)."""
+    (``head`` given: those of a checkpoint; else the parameters the base checkpoint did not have, plus the
+    pooler's dense layer with ``train_pooler``). BERT's pooler is pretrained, and for a sentence-embedding
+    model such as MiniLM never task-trained; the official RoBERTa head trains its dense layer, which is new
+    there anyway; models that pool the last token (GPT-2, Llama, OPT classifiers) have no pooler to add."""
     model, new_head = load_base_model(path, task, labels, tokenizer)
-    head = new_head if head is None else head
+    if head is None:
+        head = new_head
+        if train_pooler:
+            head = sorted(
+                head + [n for n, _ in model.named_parameters() if POOLER_PATTERN.search(n) and n not in head]
+            )
     inject_mixture(model, spec)
     freeze_all_but(model, set(mixture_parameter_names(model)) | set(head))
     return model, head

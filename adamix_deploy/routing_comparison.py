@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
+from adamix_deploy.checkpoint import MixtureCheckpoint
 from adamix_deploy.collate import encode_classification, encode_generation, model_input_names
-from adamix_deploy.data import read_classification, read_generation, seeded_subset
-from adamix_deploy.evaluation import evaluate_classification, evaluate_generation_loss
-from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE
+from adamix_deploy.data import read_like_checkpoint, seeded_subset
+from adamix_deploy.evaluation import evaluate_classification, evaluate_generation_loss, evaluate_regression
+from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE, SEQUENCE_TASKS
 from adamix_deploy.importers import detect_and_load
 
 
@@ -26,29 +27,37 @@ def evaluate_routings(
     base_model: str | None = None,
 ) -> dict:
     ckpt = detect_and_load(Path(source), base_model)
+    return {"checkpoint": str(source), **compare_routings(ckpt, data_file, routings, max_examples, seed)}
+
+
+def compare_routings(
+    ckpt: MixtureCheckpoint,
+    data_file: str | Path,
+    routings: list[str] | None = None,
+    max_examples: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """The checkpoint's metrics on ``data_file`` under each routing (default: average, ensemble, random and
+    every expert). Leaves the model in ``eval`` mode with the last routing set."""
     config, model, tokenizer = ckpt.config, ckpt.model, ckpt.tokenizer
+    task = config["task"]
     experts = config["mixture"]["experts"]
     routings = routings or ["average", "ensemble", "random"] + [f"expert:{i}" for i in range(experts)]
     max_length = config.get("max_length") or 128
-    if config["task"] == "classification":
-        examples = seeded_subset(read_classification(data_file, labels=config["labels"]), max_examples, seed)
+    examples = seeded_subset(read_like_checkpoint(data_file, config), max_examples, seed)
+    if task in SEQUENCE_TASKS:
         items = encode_classification(tokenizer, examples, config["labels"], max_length, model_input_names(model))
     else:
-        examples = seeded_subset(read_generation(data_file), max_examples, seed)
         items = encode_generation(
             tokenizer, examples, config.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE, max_length
         )
+    evaluate = {
+        "classification": evaluate_classification,
+        "regression": evaluate_regression,
+        "generation": evaluate_generation_loss,
+    }[task]
     results = {}
     for routing in routings:
         torch.manual_seed(seed)  # `random` routing draws from torch's generator
-        if config["task"] == "classification":
-            results[routing] = evaluate_classification(model, items, tokenizer.pad_token_id, routing)
-        else:
-            results[routing] = evaluate_generation_loss(model, items, tokenizer.pad_token_id, routing)
-    return {
-        "checkpoint": str(source),
-        "task": config["task"],
-        "examples": len(items),
-        "seed": seed,
-        "routings": results,
-    }
+        results[routing] = evaluate(model, items, tokenizer.pad_token_id, routing)
+    return {"task": task, "data_file": str(data_file), "examples": len(items), "seed": seed, "routings": results}

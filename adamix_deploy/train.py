@@ -25,9 +25,11 @@ from adamix_deploy.errors import AdamixError
 from adamix_deploy.evaluation import (
     evaluate_classification,
     evaluate_generation_loss,
+    evaluate_regression,
     generate_texts,
     generation_scores,
 )
+from adamix_deploy.exporters.export_folder import SEQUENCE_TASKS
 from adamix_deploy.inject import count_parameters
 from adamix_deploy.mixture import set_routing
 from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
@@ -40,12 +42,13 @@ from adamix_deploy.training_state import capture_training_state, restore_trainin
 def load_examples(options: TrainOptions) -> tuple[list, list, list[str] | None, list[tuple[str, list[str]]]]:
     """(train examples, eval examples, labels, generation references), subsets applied."""
     eval_examples = []
-    if options.task == "classification":
-        columns = (options.text_column, options.pair_column, options.label_column)
-        train_examples = read_classification(options.train_file, *columns)
-        labels = label_set(train_examples)
+    if options.task in SEQUENCE_TASKS:
+        columns = options.data_columns()
+        regression = options.task == "regression"
+        train_examples = read_classification(options.train_file, **columns, regression=regression)
+        labels = None if regression else label_set(train_examples)
         if options.eval_file:
-            eval_examples = read_classification(options.eval_file, *columns, labels)
+            eval_examples = read_classification(options.eval_file, **columns, labels=labels, regression=regression)
     else:
         labels = None
         columns = (options.prompt_column, options.target_column)
@@ -86,10 +89,15 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
     model_path = resolve_model(options.model)
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "right"
-    model, head = build_mixture_model(model_path, options.task, labels, spec, tokenizer)
+    model, head = build_mixture_model(
+        model_path, options.task, labels, spec, tokenizer, train_pooler=options.train_pooler
+    )
     n_trainable, n_total = count_parameters(model)
+    # GPU runs differ from CPU runs only in floating-point order (and a resume there reuses the CPU RNG only)
+    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
 
-    if options.task == "classification":
+    if options.task in SEQUENCE_TASKS:
         accepted = model_input_names(model)
         train_items = encode_classification(tokenizer, train_examples, labels, options.max_length, accepted)
         eval_items = encode_classification(tokenizer, eval_examples, labels, options.max_length, accepted)
@@ -121,6 +129,7 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
         "prompt_template": options.prompt_template if options.task == "generation" else None,
         "mixture": spec.to_dict(),
         "head": head,
+        "data_columns": options.data_columns() if options.task in SEQUENCE_TASKS else None,
         "parameters": {"trainable": n_trainable, "total": n_total, "trainable_share": n_trainable / n_total},
     }
 
@@ -142,6 +151,8 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
             return {}
         if options.task == "classification":
             return evaluate_classification(model, eval_items, tokenizer.pad_token_id, options.eval_routing)
+        if options.task == "regression":
+            return evaluate_regression(model, eval_items, tokenizer.pad_token_id, options.eval_routing)
         return evaluate_generation_loss(model, eval_items, tokenizer.pad_token_id, options.eval_routing)
 
     steps_this_run = 0
@@ -153,8 +164,10 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
         start = time.perf_counter()
         for index in range(step - epoch * steps_per_epoch, steps_per_epoch):
             chunk = order[index * options.batch_size : (index + 1) * options.batch_size]
-            batch = collate([train_items[i] for i in chunk], tokenizer.pad_token_id)
-            loss, parts = adamix_loss(model, batch, options.task, options.consistency_weight)
+            batch = collate([train_items[i] for i in chunk], tokenizer.pad_token_id, device)
+            loss, parts = adamix_loss(
+                model, batch, options.task, options.consistency_weight, options.label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

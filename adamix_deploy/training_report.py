@@ -34,6 +34,8 @@ def _headline_metric(task: str, final: dict) -> dict | None:
     ev = final.get("eval") or {}
     if task == "classification" and "accuracy" in ev:
         return {"name": "accuracy", "value": ev["accuracy"], "routing": ev["routing"]}
+    if task == "regression" and "pearson" in ev:
+        return {"name": "pearson", "value": ev["pearson"], "routing": ev["routing"]}
     if "loss" in ev:
         return {"name": "eval_loss", "value": ev["loss"], "routing": ev["routing"]}
     return None
@@ -43,16 +45,26 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def headline(metrics: dict) -> str:
+    """One evaluation's figures on one line."""
+    if "accuracy" in metrics:
+        return (
+            f"accuracy {metrics['accuracy']:.4f}  f1 {metrics['f1_macro']:.4f}  mcc {metrics['mcc']:.4f} "
+            f"({metrics['routing']}, {metrics['examples']} ex)"
+        )
+    if "pearson" in metrics:
+        return (
+            f"pearson {metrics['pearson']:.4f}  spearman {metrics['spearman']:.4f} "
+            f"({metrics['routing']}, {metrics['examples']} ex)"
+        )
+    if "loss" in metrics:
+        return f"loss {metrics['loss']:.4f}  ppl {metrics['perplexity']:.2f} ({metrics['routing']})"
+    return "no eval file"
+
+
 def epoch_line(epoch: int, epochs: int, record: dict) -> str:
     ev = record["eval"]
-    if "accuracy" in ev:
-        shown = (
-            f"eval accuracy {ev['accuracy']:.4f}  f1 {ev['f1_macro']:.4f} ({ev['routing']}, {ev['examples']} ex)"
-        )
-    elif "loss" in ev:
-        shown = f"eval loss {ev['loss']:.4f}  ppl {ev['perplexity']:.2f} ({ev['routing']})"
-    else:
-        shown = "no eval file"
+    shown = f"eval {headline(ev)}" if ev else "no eval file"
     loss = record["train_loss"]
     return (
         f"epoch {epoch}/{epochs}  step {record['step']}  train loss {loss:.4f}  {shown}"

@@ -25,7 +25,7 @@ def capture_training_state(optimizer, scheduler, step: int, history: list, elaps
         skeleton[str(pid)] = {}
         for key, value in slots.items():
             if torch.is_tensor(value):
-                tensors[f"optimizer.{pid}.{key}"] = value.contiguous()
+                tensors[f"optimizer.{pid}.{key}"] = value.detach().cpu().contiguous()
                 skeleton[str(pid)][key] = None
             else:
                 skeleton[str(pid)][key] = value

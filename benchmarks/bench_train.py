@@ -28,10 +28,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from adamix_deploy.checkpoint import load_checkpoint  # noqa: E402
 from adamix_deploy.collate import encode_classification  # noqa: E402
-from adamix_deploy.config import TrainOptions  # noqa: E402
+from adamix_deploy.config import (
+    MixtureSpec,  # noqa: E402
+    TrainOptions,  # noqa: E402
+)
 from adamix_deploy.data import read_classification  # noqa: E402
 from adamix_deploy.evaluation import evaluate_classification  # noqa: E402
-from adamix_deploy.inject import MixtureSpec  # noqa: E402
 from adamix_deploy.train import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent

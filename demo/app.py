@@ -61,7 +61,7 @@ def _example_label(row: list[str]) -> str:
 
 def build_demo(backend: Backend) -> gr.Blocks:
     cards = backend.models()
-    nlu = [c["id"] for c in cards if c["task"] == "classification"]
+    nlu = [c["id"] for c in cards if c["task"] in ("classification", "regression")]
     nlg = [c["id"] for c in cards if c["task"] == "generation"]
     longest = max((c["max_tokens"] for c in cards if c["task"] == "generation"), default=512)
 
@@ -87,13 +87,15 @@ def build_demo(backend: Backend) -> gr.Blocks:
 
 
 def _nlu_tab(backend: Backend, models: list[str]) -> tuple[gr.Dropdown, gr.Markdown]:
-    async def classify(model: str, text: str, second_text: str) -> tuple[dict[str, float], str]:
+    async def classify(model: str, text: str, second_text: str) -> tuple[dict[str, float] | str, str]:
         with readable_errors():
             if not (text or "").strip():
                 raise DemoError("Enter a text to classify.")
             start = time.perf_counter()
             prediction = await backend.classify(model, text, (second_text or "").strip() or None)
             ms = (time.perf_counter() - start) * 1000
+            if prediction.score is not None:  # a regression model (STS-B style): one number
+                return f"{prediction.score:.3f}", f"score {prediction.score:.3f} in {ms:.1f} ms"
             return prediction.scores, f"{prediction.label} in {ms:.1f} ms"
 
     model = gr.Dropdown(models, value=models[0], label="Model", visible=len(models) > 1)

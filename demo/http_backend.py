@@ -44,7 +44,7 @@ class HTTPBackend:
         async with self._client() as client:
             response = await self._send(client.post(f"{self.url}/v1/models/{quote(name)}/classify", json=body))
         result = self._json(response)["results"][0]
-        return Classification(result["label"], result["scores"])
+        return Classification(result.get("label"), result.get("scores"), result.get("score"))
 
     async def generate_stream(self, name: str, prompt: str, sampling: Sampling) -> AsyncIterator[str | Finished]:
         body = {

@@ -25,7 +25,8 @@ from adamix_deploy.errors import AdamixError
 MANIFEST_NAME = "adamix_manifest.json"
 FORMAT = "adamix-export"
 FORMAT_VERSION = 1
-TASKS = ("classification", "generation")
+TASKS = ("classification", "regression", "generation")
+SEQUENCE_TASKS = ("classification", "regression")  # one forward pass over an input text (or pair)
 PRECISIONS = ("fp32", "fp16", "int8")
 ONNX_FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx", "fp16": "model_fp16.onnx"}
 TOKENIZER_FILE = "tokenizer.json"
@@ -80,7 +81,7 @@ class OnnxInfo:
 @dataclass(frozen=True)
 class Manifest:
     task: str  # one of TASKS
-    labels: list[str] | None  # classification: the label of each logit, in order
+    labels: list[str] | None  # classification: the label of each logit, in order; regression: None
     prompt_template: str | None  # generation: how a prompt is laid out ({prompt} is replaced)
     max_length: int | None  # the training run's token limit
     base_model: BaseModelInfo
@@ -92,6 +93,9 @@ class Manifest:
     source: SourceInfo
     export_seconds: float
     files: dict[str, int] = field(default_factory=dict)  # every file of the folder and its size in bytes
+    # with --verify-file: the checkpoint's metrics on it under each routing (average = what this folder
+    # serves, ensemble, random, each expert), so a user sees what the merge costs before deploying
+    validation: dict | None = None
 
     def onnx_file(self, precision: str) -> str:
         """The ONNX file of that precision, or an error naming the ones this export has."""
@@ -114,7 +118,8 @@ class Manifest:
                 f"{where}: {MANIFEST_NAME} has format version {version!r}; this adamix-deploy reads version "
                 f"{FORMAT_VERSION} (export the checkpoint again with this version's adamix-export)"
             )
-        missing = [f.name for f in fields(cls) if f.name != "files" and f.name not in data]
+        optional = {"files", "validation"}
+        missing = [f.name for f in fields(cls) if f.name not in optional and f.name not in data]
         if missing:
             raise ExportFolderError(f"{where}: {MANIFEST_NAME} lacks {', '.join(missing)}")
         if data["task"] not in TASKS:
@@ -132,6 +137,7 @@ class Manifest:
                 source=_typed(SourceInfo, data["source"]),
                 export_seconds=data["export_seconds"],
                 files=data.get("files") or {},
+                validation=data.get("validation"),
             )
         except (TypeError, AttributeError) as e:
             raise ExportFolderError(f"{where}: {MANIFEST_NAME} has a malformed field: {e}") from None
@@ -146,16 +152,22 @@ def _typed(kind: type, data: dict):
 def read_manifest(folder: str | Path) -> Manifest:
     """The typed manifest of an export folder. Raises `ExportFolderError`."""
     folder = Path(folder)
-    file = folder / MANIFEST_NAME
+    data = read_json_object(folder, MANIFEST_NAME, "is it a folder written by adamix-export?")
+    return Manifest.from_dict(data, str(folder))
+
+
+def read_json_object(folder: Path, name: str, hint: str = "") -> dict:
+    """One of the folder's JSON files (the manifest, config.json, ...), or an error naming folder and file."""
+    file = folder / name
     if not file.is_file():
-        raise ExportFolderError(f"{folder}: {MANIFEST_NAME} is missing (is it a folder written by adamix-export?)")
+        raise ExportFolderError(f"{folder}: {name} is missing" + (f" ({hint})" if hint else ""))
     try:
         data = json.loads(file.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ExportFolderError(f"{folder}: {MANIFEST_NAME} is not valid JSON: {e}") from e
+        raise ExportFolderError(f"{folder}: {name} is not valid JSON: {e}") from e
     if not isinstance(data, dict):
-        raise ExportFolderError(f"{folder}: {MANIFEST_NAME} is not a JSON object")
-    return Manifest.from_dict(data, str(folder))
+        raise ExportFolderError(f"{folder}: {name} is not a JSON object")
+    return data
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> Manifest:

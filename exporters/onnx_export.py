@@ -10,7 +10,12 @@ from pathlib import Path
 
 from adamix_deploy.errors import AdamixError
 
-OPTIMUM_TASKS = {"classification": "text-classification", "generation": "text-generation-with-past"}
+# a regression head is a one-output sequence classifier to optimum
+OPTIMUM_TASKS = {
+    "classification": "text-classification",
+    "regression": "text-classification",
+    "generation": "text-generation-with-past",
+}
 
 
 def export_onnx(model, tokenizer, task: str, folder: Path, opset: int) -> Path:

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from adamix_deploy.collate import model_input_names
-from adamix_deploy.data import group_references, read_classification, read_generation
+from adamix_deploy.data import group_references, read_generation, read_like_checkpoint
 from adamix_deploy.errors import AdamixError
-from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE
+from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE, SEQUENCE_TASKS
 from adamix_deploy.exporters.onnx_loops import classify_logits, greedy_generate, open_session
 
 BUILTIN_SENTENCES = [
@@ -44,11 +44,12 @@ class ParityError(AdamixError):
 
 # -- inputs ------------------------------------------------------------------------------------------------------
 def parity_inputs(task: str, verify_file, config: dict) -> list:
-    """Classification: (text, pair) tuples, the first 32 of ``verify_file`` or built-in sentences.
-    Generation: prompts laid out with the checkpoint's template, the first 4 records or built-in prompts."""
-    if task == "classification":
+    """Classification and regression: (text, pair) tuples, the first 32 of ``verify_file`` or built-in
+    sentences. Generation: prompts laid out with the checkpoint's template, the first 4 records or built-in
+    prompts."""
+    if task in SEQUENCE_TASKS:
         if verify_file:
-            examples = read_classification(verify_file, labels=config["labels"])[:32]
+            examples = read_like_checkpoint(verify_file, config)[:32]
             return [(e.text, e.text_pair) for e in examples]
         return [(s, None) for s in BUILTIN_SENTENCES]
     prompts = (
@@ -62,7 +63,8 @@ def check_classification(
     model, merged, tokenizer, onnx_files: dict[str, object], samples: list, reduced_precision: set[str],
     tolerance: float, max_length: int,
 ) -> dict:  # fmt: skip
-    """The mixture (reference), the merged PyTorch model and each ONNX file on one padded batch."""
+    """The mixture (reference), the merged PyTorch model and each ONNX file on one padded batch. (For a
+    regression head the top-1 agreement is trivially 1: the logit difference is the figure that counts.)"""
     texts = [t for t, _ in samples]
     pairs = [p for _, p in samples] if samples[0][1] is not None else None
     pt = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")

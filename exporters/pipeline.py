@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from adamix_deploy.atomic import atomic_directory
@@ -18,6 +19,7 @@ from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import (
     MERGED_FOLDER,
     ONNX_FILES,
+    SEQUENCE_TASKS,
     BaseModelInfo,
     Manifest,
     MixtureInfo,
@@ -33,7 +35,9 @@ from adamix_deploy.exporters.parity import check_classification, check_generatio
 from adamix_deploy.importers import detect_and_load
 from adamix_deploy.merge import merge_mixture_model, parse_merge_method, routing_for
 from adamix_deploy.mixture import set_routing
+from adamix_deploy.routing_comparison import compare_routings
 
+VALIDATION_EXAMPLES = 1000  # a seeded subset of a larger --verify-file keeps the export quick
 REDUCED_PRECISIONS = {"onnx_int8", "onnx_fp16"}  # parity reports their agreement; only fp32 must pass
 
 
@@ -86,7 +90,7 @@ def export_checkpoint(
                 shutil.move(str(item), tmp / item.name)
         shutil.rmtree(raw)
         stages = {f"onnx_{precision}": tmp / name for precision, name in files.items()}
-        if task == "classification":
+        if task in SEQUENCE_TASKS:
             max_length = config.get("max_length", 128)
             parity = check_classification(
                 model, merged, tokenizer, stages, samples, REDUCED_PRECISIONS, tolerance, max_length
@@ -95,9 +99,11 @@ def export_checkpoint(
             parity = check_generation(
                 model, merged, tokenizer, stages, samples, REDUCED_PRECISIONS, tolerance, greedy_steps
             )
+        # what the merge costs on the user's own validation file (parity only shows it is served faithfully)
+        validation = compare_routings(ckpt, verify_file, max_examples=VALIDATION_EXAMPLES) if verify_file else None
         onnx = OnnxInfo(opset, _onnxruntime_version(), files, fusions, with_past=task == "generation")
         manifest = _manifest(ckpt, Path(source), merge_method, onnx, parity, started)
-        return write_manifest(tmp, manifest)
+        return write_manifest(tmp, replace(manifest, validation=validation))
 
 
 def _onnxruntime_version() -> str:

@@ -23,10 +23,12 @@ from adamix_deploy.exporters.export_folder import (
     CHAT_TEMPLATE_FILE,
     GENERATION_CONFIG_FILE,
     MODEL_CONFIG_FILE,
+    SEQUENCE_TASKS,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     ExportFolderError,
     Manifest,
+    read_json_object,
     read_manifest,
 )
 from adamix_deploy.exporters.onnx_loops import classify_logits, greedy_generate, open_session
@@ -91,14 +93,16 @@ class ServedModel:
 
     def _warm_up(self) -> None:
         """One real call, so the first request does not pay for onnxruntime's lazy initialisation."""
-        if self.task == "classification":
+        if self.task in SEQUENCE_TASKS:
             items = encode_for_classification(
                 self.tokenizer, self.truncating_tokenizer, ["warm up"], self.max_tokens, True
             )
             logits = classify_logits(self.session, pad_batch(items, self.pad_token_id))
-            if logits.shape[-1] != len(self.labels):
+            expected = len(self.labels) if self.task == "classification" else 1
+            if logits.shape[-1] != expected:
                 raise ModelFolderError(
-                    f"{self.path}: the model has {logits.shape[-1]} outputs but the manifest lists {len(self.labels)} labels"
+                    f"{self.path}: the model has {logits.shape[-1]} outputs but a {self.task} manifest with "
+                    f"{len(self.labels)} labels needs {expected}"
                 )
         else:
             greedy_generate(self.session, self.tokenizer.encode("warm up").ids or [self.pad_token_id], 2, None)
@@ -181,16 +185,10 @@ def read_model_folder(path: str | Path, precision: str = "fp32", name: str | Non
 
 
 def _read_json(folder: Path, name: str) -> dict:
-    file = folder / name
-    if not file.is_file():
-        raise ModelFolderError(f"{folder}: {name} is missing")
     try:
-        data = json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFolderError(f"{folder}: {name} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"{folder}: {name} is not a JSON object")
-    return data
+        return read_json_object(folder, name)
+    except ExportFolderError as e:
+        raise ModelFolderError(str(e)) from None
 
 
 def _check_files(folder: Path, manifest: Manifest, required: list[str]) -> None:

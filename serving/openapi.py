@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from adamix_deploy.exporters.export_folder import SEQUENCE_TASKS
 from adamix_deploy.serving import schemas as s
 from adamix_deploy.serving.runtime import ModelRuntime, ServerSettings
 
@@ -37,10 +38,11 @@ def openapi_with_model_names(app: FastAPI, runtimes: dict[str, ModelRuntime], se
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     names = {
-        task: [n for n, r in runtimes.items() if r.model.task == task] for task in ("classification", "generation")
+        "classify": [n for n, r in runtimes.items() if r.model.task in SEQUENCE_TASKS],
+        "generation": [n for n, r in runtimes.items() if r.model.task == "generation"],
     }
     for path, operations in schema["paths"].items():
-        task = "classification" if path.endswith("/classify") else "generation"
+        task = "classify" if path.endswith("/classify") else "generation"
         for operation in operations.values():
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"] == "name" and names[task]:

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Classification:
-    label: str
-    scores: dict[str, float]
+    """A classification model's label and per-label probabilities, or a regression model's score."""
+
+    label: str | None = None
+    scores: dict[str, float] | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,17 @@ async def list_models(request: Request) -> s.ModelList:
 
 
 @router.post(
-    "/v1/models/{name}/classify", response_model=s.ClassifyResponse, responses=error_docs(*MODEL_ROUTE_ERRORS)
+    "/v1/models/{name}/classify",
+    response_model=s.ClassifyResponse,
+    response_model_exclude_none=True,  # a classification result has no score, a regression result no label
+    responses=error_docs(*MODEL_ROUTE_ERRORS),
 )
 async def classify(name: str, body: s.ClassifyRequest, request: Request) -> s.ClassifyResponse:
     runtime = runtime_for(request, name)
     results, tokens = await runtime.classify(body.inputs, body.truncate)
     return s.ClassifyResponse(
         model=name,
-        results=[s.ClassifyResult(label=r.label, scores=r.scores) for r in results],
+        results=[s.ClassifyResult(label=r.label, scores=r.scores, score=r.score) for r in results],
         usage=s.ClassifyUsage(input_tokens=tokens),
     )
 

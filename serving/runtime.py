@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from adamix_deploy.exporters.export_folder import SEQUENCE_TASKS
 from adamix_deploy.serving.batching import ClassificationBatcher
 from adamix_deploy.serving.errors import ServeError, queue_full, timed_out
 from adamix_deploy.serving.generation import GenerationEngine, GenerationJob, QueueFull
@@ -57,7 +58,7 @@ class ModelRuntime:
         """Open and warm the session off the event loop, then start the scheduler."""
         await asyncio.to_thread(self.model.load, self.settings.threads, self.settings.gpu)
         m, s, name = self.model, self.settings, self.model.name
-        if m.task == "classification":
+        if m.task in SEQUENCE_TASKS:
             self.batcher = ClassificationBatcher(
                 m.session, m.pad_token_id, s.max_batch_size, s.max_batch_wait_ms, s.max_queue, name,
                 on_batch=self._record_batch,
@@ -87,17 +88,19 @@ class ModelRuntime:
         self.metrics.batch_size.labels(self.name).observe(size)
         self.metrics.inference.labels(self.name).observe(seconds)
 
-    def check_task(self, task: str) -> None:
-        """Refuse a request for the other task (422) or before the model is loaded (503)."""
-        if self.model.task != task:
-            raise ServeError(422, f"model {self.name!r} is a {self.model.task} model, not a {task} model")
+    def check_task(self, *tasks: str) -> None:
+        """Refuse a request for another task (422) or before the model is loaded (503)."""
+        if self.model.task not in tasks:
+            raise ServeError(
+                422, f"model {self.name!r} is a {self.model.task} model, not a {' or '.join(tasks)} model"
+            )
         if not self.ready:
             raise ServeError(503, f"model {self.name!r} is still loading", {"Retry-After": "1"})
 
     # -- classification -------------------------------------------------------------------------------------
     async def classify(self, inputs: list, truncate: bool = False) -> tuple[list[Classification], int]:
-        """Label and per-label scores for each input; also the number of input tokens."""
-        self.check_task("classification")
+        """Label and per-label scores (regression: the score) for each input; also the number of input tokens."""
+        self.check_task(*SEQUENCE_TASKS)
         self.check_count(len(inputs), "inputs")
         m = self.model
         try:
@@ -110,6 +113,9 @@ class ModelRuntime:
             raise queue_full(self.name) from None
         except asyncio.TimeoutError:  # Python 3.10's wait_for raises this, not the builtin
             raise timed_out(self.name, self.settings.request_timeout_s) from None
+        tokens = sum(len(item.ids) for item in items)
+        if m.task == "regression":
+            return [Classification(score=float(row[0])) for row in logits], tokens
         labels = m.labels
         results = []
         for row in softmax(logits.astype("float64")):
@@ -118,7 +124,7 @@ class ModelRuntime:
                     labels[int(row.argmax())], {label: float(p) for label, p in zip(labels, row, strict=True)}
                 )
             )
-        return results, sum(len(item.ids) for item in items)
+        return results, tokens
 
     # -- generation -------------------------------------------------------------------------------------------
     def encode_prompt(self, text: str, apply_template: bool, max_new_tokens: int, truncate: bool) -> list[int]:

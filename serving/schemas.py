@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adamix_deploy.exporters.export_folder import TASKS
+
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Stop = str | Annotated[list[str], Field(max_length=8)] | None
 TextPair = Annotated[list[str], Field(min_length=2, max_length=2)]
@@ -45,7 +47,7 @@ class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     owned_by: str
-    task: Literal["classification", "generation"]
+    task: Literal[TASKS]  # type: ignore[valid-type]  # a tuple subscript is Literal["classification", ...]
     labels: list[str] | None
     base_model: str | None
     method: str | None
@@ -74,8 +76,11 @@ class ClassifyRequest(Strict):
 
 
 class ClassifyResult(BaseModel):
-    label: str
-    scores: dict[str, float]
+    """Classification models answer ``label`` and ``scores``; regression models (STS-B style) ``score``."""
+
+    label: str | None = Field(None, description="The most probable label (classification models).")
+    scores: dict[str, float] | None = Field(None, description="Each label's probability (classification models).")
+    score: float | None = Field(None, description="The predicted value (regression models).")
 
 
 class ClassifyUsage(BaseModel):

@@ -96,9 +96,35 @@ def test_lora_on_gpt2_conv1d_uses_in_out_layout():
 
 def test_fresh_modules_start_as_identity_or_base():
     x = torch.randn(3, 8)
-    torch.testing.assert_close(MixtureAdapter(8, 4, experts=4).eval()(x), x)
+    torch.testing.assert_close(MixtureAdapter(8, 4, experts=4, init="kaiming-zero-up").eval()(x), x)
     base = nn.Linear(8, 5)
-    torch.testing.assert_close(MixtureLoRALinear(base, 2, 4, experts=4).eval()(x), base(x))
+    for init in ("official", "kaiming-zero-up"):
+        torch.testing.assert_close(MixtureLoRALinear(base, 2, 4, experts=4, init=init).eval()(x), base(x))
+
+
+def test_official_lora_init_makes_every_a_expert_the_same_kaiming_draw():
+    torch.manual_seed(0)
+    lora = MixtureLoRALinear(nn.Linear(64, 32), rank=4, alpha=8, experts=8, share="up", init="official")
+    for i in range(1, 8):
+        assert torch.equal(lora.lora_A[i], lora.lora_A[0])
+    assert not lora.lora_B.any()
+    # so the averaged A is one expert's A (not ~1/sqrt(M) of its norm, as with independent draws)
+    torch.testing.assert_close(lora.lora_A.mean(0), lora.lora_A[0])
+    bound = 1 / 64**0.5  # kaiming-uniform with a = sqrt(5): U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    assert lora.lora_A.abs().max() <= bound and lora.lora_A.abs().max() > 0.9 * bound
+    independent = MixtureLoRALinear(nn.Linear(64, 32), rank=4, alpha=8, experts=8, init="kaiming-zero-up")
+    assert not torch.equal(independent.lora_A[1], independent.lora_A[0])
+    assert independent.lora_A.mean(0).norm() < 0.6 * independent.lora_A[0].norm()
+
+
+def test_official_adapter_init_draws_independent_normal_experts_with_zero_biases():
+    torch.manual_seed(0)
+    adapter = MixtureAdapter(384, 16, experts=4, share="up", init="official")
+    assert adapter.down_weight.shape == (4, 16, 384) and adapter.up_weight.shape == (1, 384, 16)
+    assert not torch.equal(adapter.down_weight[0], adapter.down_weight[1])
+    for weight in (adapter.down_weight, adapter.up_weight):  # N(0, 0.02), the up side too (not zero)
+        assert abs(weight.std().item() - 0.02) < 0.001 and abs(weight.mean().item()) < 0.001
+    assert not adapter.down_bias.any() and not adapter.up_bias.any()
 
 
 def test_expert_routing_uses_that_expert_on_both_sides():
