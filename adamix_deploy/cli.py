@@ -5,6 +5,7 @@ ranges checked here), call one library function, print. Every user error becomes
 from __future__ import annotations
 
 import json
+import os
 
 import click
 from click.core import ParameterSource
@@ -175,7 +176,8 @@ def train_cli(ctx: click.Context, **o) -> None:
         progress=not o["quiet"],
     )
     result = train(options, resume=o["resume"], overwrite=o["overwrite"])
-    click.echo(json.dumps(result, indent=2))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (process 0's), not one per process
+        click.echo(json.dumps(result, indent=2))
 
 
 @click.command("adamix-eval")

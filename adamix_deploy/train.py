@@ -2,6 +2,8 @@
 
 Reading order: ``TrainOptions`` (`config.py`: what the CLI passes), ``train`` here (top to bottom: data, model,
 loop, save), ``adamix_loss`` (`objective.py`: the method's objective). Resume state: `training_state.py`.
+Several processes (torchrun): `distributed.py`; ``dist`` below is a single process outside torchrun, where each
+of its calls does what the loop did before.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from adamix_deploy.checkpoint import read_config, read_training_state, save_chec
 from adamix_deploy.collate import collate, encode_classification, encode_generation, model_input_names
 from adamix_deploy.config import DEFAULT_LR, TrainOptions
 from adamix_deploy.data import group_references, label_set, read_classification, read_generation, seeded_subset
+from adamix_deploy.distributed import Distributed
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.evaluation import (
     evaluate_classification,
@@ -33,7 +36,6 @@ from adamix_deploy.exporters.export_folder import SEQUENCE_TASKS
 from adamix_deploy.inject import count_parameters
 from adamix_deploy.mixture import set_routing
 from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
-from adamix_deploy.objective import adamix_loss
 from adamix_deploy.packaged_models import resolve_model
 from adamix_deploy.training_report import epoch_line, mean, run_summary
 from adamix_deploy.training_state import capture_training_state, restore_training_state
@@ -64,9 +66,20 @@ def load_examples(options: TrainOptions) -> tuple[list, list, list[str] | None, 
 
 
 def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train and write the mixture checkpoint to ``options.output``; returns the final summary."""
+    """Train and write the mixture checkpoint to ``options.output``; returns the final summary. Under torchrun,
+    on every process (`distributed.py`)."""
+    dist = Distributed.from_environment()
+    if not resume:  # checked before the processes meet; a resume checks the batch it reads from the checkpoint
+        dist.check_batch_size(options.batch_size)
+    with dist.started(options.device):
+        return _train(options, resume, overwrite, dist)
+
+
+def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distributed) -> dict:
     output = Path(options.output)
-    recover_interrupted_replace(output.absolute())
+    if dist.is_main:
+        recover_interrupted_replace(output.absolute())
+    dist.barrier()
     state = None
     if resume:
         config = read_config(output)
@@ -78,6 +91,7 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
         state = read_training_state(output)
         if state is None:
             raise AdamixError(f"{output}: no training state to resume from")
+        dist.check_batch_size(options.batch_size)
     elif output.exists() and not overwrite:
         raise AdamixError(f"{output} exists: pass --resume to continue it or --overwrite to replace it")
     spec = options.mixture
@@ -94,7 +108,7 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
     )
     n_trainable, n_total = count_parameters(model)
     # GPU runs differ from CPU runs only in floating-point order (and a resume there reuses the CPU RNG only)
-    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = dist.choose_device(options.device)
     model.to(device)
 
     if options.task in SEQUENCE_TASKS:
@@ -108,13 +122,15 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
     params = [p for p in model.parameters() if p.requires_grad]
     lr = options.lr or DEFAULT_LR[spec.method]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=options.weight_decay)
-    steps_per_epoch = math.ceil(len(train_items) / options.batch_size)
+    steps_per_epoch = math.ceil(len(train_items) / options.batch_size)  # the global batch under torchrun
     total_steps = steps_per_epoch * options.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(options.warmup_ratio * total_steps), total_steps)
 
     step, history, elapsed = 0, [], 0.0
     if state is not None:
         step, history, elapsed = restore_training_state(model, optimizer, scheduler, state, output)
+    dist.share_routing(model)  # several processes: from here on, all draw the same routes
+    objective = dist.objective(model, options.task, options.consistency_weight, options.label_smoothing)
 
     config = {
         "base_model": {
@@ -143,8 +159,12 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
             "options": {**options.to_dict(), "stop_after": None, "progress": True},
             **(extra or {}),
         }
-        run_state = None if complete else capture_training_state(optimizer, scheduler, step, history, elapsed)
-        save_checkpoint(output, {**config, "training": training}, model, tokenizer, run_state)
+        if dist.is_main:  # one writer; the others wait until the folder is in place
+            run_state = None
+            if not complete:
+                run_state = capture_training_state(optimizer, scheduler, step, history, elapsed, dist.rng_state())
+            save_checkpoint(output, {**config, "training": training}, model, tokenizer, run_state)
+        dist.barrier()
 
     def evaluate() -> dict:
         if not eval_items:
@@ -156,26 +176,27 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
         return evaluate_generation_loss(model, eval_items, tokenizer.pad_token_id, options.eval_routing)
 
     steps_this_run = 0
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not options.progress)
+    show = options.progress and dist.is_main
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not show)
     for epoch in range(step // steps_per_epoch, options.epochs):
         model.train()
         order = torch.randperm(len(train_items), generator=torch.Generator().manual_seed(options.seed + epoch))
         losses = []
         start = time.perf_counter()
         for index in range(step - epoch * steps_per_epoch, steps_per_epoch):
-            chunk = order[index * options.batch_size : (index + 1) * options.batch_size]
-            batch = collate([train_items[i] for i in chunk], tokenizer.pad_token_id, device)
-            loss, parts = adamix_loss(
-                model, batch, options.task, options.consistency_weight, options.label_smoothing
-            )
+            chunk = order[index * options.batch_size : (index + 1) * options.batch_size].tolist()
+            items, weight = dist.shard(chunk, train_items, options.task)  # this rank's part of the global batch
+            dist.seed_dropout(options.seed, step)
+            batch = collate(items, tokenizer.pad_token_id, device)
+            loss, parts = objective(batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight).backward()  # DDP averages the ranks' gradients: weights make it the batch's mean
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
             scheduler.step()
             step += 1
             steps_this_run += 1
-            losses.append(loss.item())
+            losses.append(dist.global_loss(loss.item(), weight))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", kl=f"{parts['consistency']:.4f}")
             if options.stop_after and steps_this_run >= options.stop_after and step < total_steps:
@@ -188,21 +209,28 @@ def train(options: TrainOptions, resume: bool = False, overwrite: bool = False) 
                 start = time.perf_counter()
                 save(complete=False)
         elapsed += time.perf_counter() - start
-        metrics = evaluate()
+        metrics = dist.from_main(evaluate)  # rank 0 evaluates; every rank records its metrics
         history.append({"epoch": epoch + 1, "step": step, "train_loss": mean(losses), "eval": metrics})
-        tqdm.write(epoch_line(epoch + 1, options.epochs, history[-1]), file=sys.stderr)
+        if dist.is_main:
+            tqdm.write(epoch_line(epoch + 1, options.epochs, history[-1]), file=sys.stderr)
         if step < total_steps:
             save(complete=False)
     bar.close()
 
-    final = {"eval": history[-1]["eval"] if history else {}}
-    if references:
-        set_routing(model, options.eval_routing)
-        prompts = [p for p, _ in references]
-        predictions = generate_texts(model, tokenizer, prompts, options.prompt_template, options.max_new_tokens)
-        final["generation"] = generation_scores(predictions, [refs for _, refs in references])
-        final["generation"]["samples"] = [
-            {"prompt": p, "prediction": t} for p, t in zip(prompts[:3], predictions[:3], strict=True)
-        ]
+    def conclude() -> dict:
+        final = {"eval": history[-1]["eval"] if history else {}}
+        if references:
+            set_routing(model, options.eval_routing)
+            prompts = [p for p, _ in references]
+            predictions = generate_texts(
+                model, tokenizer, prompts, options.prompt_template, options.max_new_tokens
+            )
+            final["generation"] = generation_scores(predictions, [refs for _, refs in references])
+            final["generation"]["samples"] = [
+                {"prompt": p, "prediction": t} for p, t in zip(prompts[:3], predictions[:3], strict=True)
+            ]
+        return final
+
+    final = dist.from_main(conclude)
     save(True, final)
     return run_summary(output, config, history, final, elapsed, step)

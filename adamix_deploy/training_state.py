@@ -16,10 +16,14 @@ from safetensors.torch import load_file
 from adamix_deploy.checkpoint import WEIGHTS_NAME, load_trainable_weights
 
 
-def capture_training_state(optimizer, scheduler, step: int, history: list, elapsed: float) -> tuple[dict, dict]:
-    """Optimizer, scheduler and RNG state as (tensors, JSON): safetensors cannot hold nested structures."""
+def capture_training_state(
+    optimizer, scheduler, step: int, history: list, elapsed: float, rng_state: torch.Tensor | None = None
+) -> tuple[dict, dict]:
+    """Optimizer, scheduler and RNG state as (tensors, JSON): safetensors cannot hold nested structures.
+    ``rng_state``: torch's global generator by default; under torchrun the routing state that every rank
+    shares (`distributed.py`), which a resumed run restores into the global generator before sharing it again."""
     opt = optimizer.state_dict()
-    tensors = {"rng.torch": torch.get_rng_state()}
+    tensors = {"rng.torch": torch.get_rng_state() if rng_state is None else rng_state}
     skeleton = {}
     for pid, slots in opt["state"].items():
         skeleton[str(pid)] = {}

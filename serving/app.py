@@ -1,5 +1,6 @@
 """The HTTP application: `create_app` wires the runtimes, metrics, middleware, error answers and routers
-together. The routes live in `routes_probes`, `routes_native` and `routes_openai`; the API-key check in
+together. The routes live in `routes_probes`, `routes_native`, `routes_openai` and `routes_kserve` (KServe v2 /
+Open Inference Protocol); the API-key check in
 `auth`; scheduling and limits in `adamix_deploy.serving.runtime`; the wire format in
 `adamix_deploy.serving.schemas`."""
 
@@ -12,7 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from adamix_deploy.serving import routes_native, routes_openai, routes_probes
+from adamix_deploy.serving import routes_kserve, routes_native, routes_openai, routes_probes
 from adamix_deploy.serving.auth import require_api_key
 from adamix_deploy.serving.error_handlers import install_error_handlers
 from adamix_deploy.serving.metrics import ServerMetrics
@@ -64,6 +65,14 @@ def create_app(
     )
     app.include_router(routes_native.router, **guarded)
     app.include_router(routes_openai.router, **guarded)
+    # KServe v2: the health routes stay open like the probes; the rest is guarded like the native routes, with
+    # the 401 documented in the protocol's error shape, which KServeErrorShape gives every error on /v2 routes
+    app.include_router(routes_kserve.health_router)
+    kserve_guarded = {**guarded, "responses": routes_kserve.kserve_error_docs(401)} if guarded else {}
+    app.include_router(routes_kserve.router, **kserve_guarded)
+    # added after BodyLimitAndMetrics, so it wraps it and also reshapes that middleware's 413
+    kserve_routes = routes_kserve.health_router.routes + routes_kserve.router.routes
+    app.add_middleware(routes_kserve.KServeErrorShape, routes=kserve_routes)
     app.openapi = lambda: openapi_with_model_names(app, runtimes, settings)
     return app
 

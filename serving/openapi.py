@@ -32,17 +32,23 @@ def error_docs(*statuses: int) -> dict:
 
 def openapi_with_model_names(app: FastAPI, runtimes: dict[str, ModelRuntime], settings: ServerSettings) -> dict:
     """The generated schema, with what this server was started with: the served model names as enums (`name`
-    in the classify and generate paths, `model` in the OpenAI bodies; other names are 404) and the limits
-    (inputs per request, the new-token cap). Clients and fuzzers then know which values exist."""
+    in the classify, generate and KServe /v2 paths, `model` in the OpenAI bodies; other names are 404) and the
+    limits (inputs per request, the new-token cap). Clients and fuzzers then know which values exist."""
     if app.openapi_schema:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
     names = {
         "classify": [n for n, r in runtimes.items() if r.model.task in SEQUENCE_TASKS],
         "generation": [n for n, r in runtimes.items() if r.model.task == "generation"],
+        "any": list(runtimes),
     }
     for path, operations in schema["paths"].items():
-        task = "classify" if path.endswith("/classify") else "generation"
+        # KServe v2 infers with classification and regression models only; its metadata and ready routes
+        # describe every served model
+        if path.endswith(("/classify", "/infer")):
+            task = "classify"
+        else:
+            task = "any" if path.startswith("/v2/") else "generation"
         for operation in operations.values():
             for parameter in operation.get("parameters", []):
                 if parameter["in"] == "path" and parameter["name"] == "name" and names[task]:

