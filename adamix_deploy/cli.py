@@ -11,7 +11,7 @@ import click
 from click.core import ParameterSource
 
 from adamix_deploy.command import run_one_line_errors
-from adamix_deploy.config import INITS, RECIPES, default_recipe
+from adamix_deploy.config import INITS, RECIPES, default_epochs, default_recipe
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import TASKS
 from adamix_deploy.training_report import headline
@@ -78,7 +78,9 @@ def _patterns(value: str | None) -> list[str] | None:
 )
 @click.option("--targets", help="Comma-separated module-name patterns (regex), overriding family defaults.")
 @click.option("--consistency-weight", type=float, default=1.0, show_default=True)
-@click.option("--epochs", type=int, default=3, show_default=True)
+@click.option(
+    "--epochs", type=int, help="Default: 3 for one module (--experts 1), 6 for a mixture (tuned, README)."
+)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--lr", type=float, help="Default: 3e-3 adapter and LoRA, 2e-2 head only.")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True)
@@ -151,7 +153,7 @@ def train_cli(ctx: click.Context, **o) -> None:
         eval_file=o["eval_file"],
         mixture=spec,
         consistency_weight=o["consistency_weight"],
-        epochs=o["epochs"],
+        epochs=o["epochs"] if o["epochs"] is not None else default_epochs(o["experts"]),
         batch_size=o["batch_size"],
         lr=o["lr"],
         weight_decay=o["weight_decay"],

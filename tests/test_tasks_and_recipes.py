@@ -77,6 +77,15 @@ def test_nlg_recipe_and_options_typed_by_the_user_win(tiny_gpt2, e2e_files, tmp_
     assert options["consistency_weight"] == 100.0 and options["weight_decay"] == 0.01
 
 
+@pytest.mark.parametrize(("experts", "epochs"), [("1", 3), ("4", 6)])
+def test_default_epochs_come_from_the_tuning(experts, epochs, tiny_bert, sentiment_files, tmp_path):
+    """No --epochs: 3 for one module, twice that for a mixture (config.default_epochs, README benchmark)."""
+    train_file, _ = sentiment_files
+    run("adamix-train", "--model", tiny_bert, "--task", "classification", "--train-file", train_file,
+        "--method", "lora", "--experts", experts, "--stop-after", "1", "--quiet", "--output", tmp_path / "run")  # fmt: skip
+    assert config_of(tmp_path / "run")["training"]["options"]["epochs"] == epochs
+
+
 def test_recipe_none_keeps_the_plain_defaults(tiny_bert, sentiment_files, tmp_path):
     train_file, _ = sentiment_files
     run("adamix-train", "--model", tiny_bert, "--task", "classification", "--train-file", train_file,
