@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,8 +44,9 @@ def cli(name: str, *args: str) -> None:
         sys.exit(f"{name} failed: {result.stderr[-3000:]}")
 
 
-def build() -> None:
-    """Checkpoints (trained on a seeded SST-2 subset) and their exports; reused when present."""
+def build(only: Collection[str] = ()) -> None:
+    """Checkpoints (trained on a seeded SST-2 subset) and their exports; reused when present. ``only`` names the
+    ones to make (e.g. ``("cls-lora",)`` for the serving benchmarks); empty makes all of them."""
     WORK.mkdir(parents=True, exist_ok=True)
     common = ["--task", "classification", "--train-file", str(SST2 / "train.tsv"), "--eval-file", str(SST2 / "dev.tsv"),
               "--max-train-examples", "1000", "--max-length", "64", "--batch-size", "32", "--quiet"]  # fmt: skip
@@ -54,6 +56,8 @@ def build() -> None:
         "cls-adapter": ["--method", "adapter", "--experts", "4", "--epochs", "1", "--max-train-examples", "64"],
     }
     for name, extra in jobs.items():
+        if only and name not in only:
+            continue
         if not (WORK / name / "adamix_config.json").exists():
             print(f"training {name}", flush=True)
             cli("adamix-train", "--model", "minilm", *common, *extra, "--output", str(WORK / name), "--overwrite")
@@ -64,9 +68,11 @@ def build() -> None:
                 "--verify-file", str(SST2 / "dev.tsv"), "--overwrite")  # fmt: skip
     gen = ["--task", "generation", "--train-file", str(DATA / "e2e/devset.csv"), "--max-train-examples", "16",
            "--batch-size", "8", "--max-length", "64", "--epochs", "1", "--quiet"]  # fmt: skip
-    if not (WORK / "gen-base" / "adamix_config.json").exists():
+    if (not only or "gen-base" in only) and not (WORK / "gen-base" / "adamix_config.json").exists():
         base_generation_checkpoint(WORK / "gen-base")
     for name, extra in {"gen-base": None, "gen-lora": ["--method", "lora", "--experts", "4"]}.items():
+        if only and name not in only:
+            continue
         if extra and not (WORK / name / "adamix_config.json").exists():
             print(f"training {name}", flush=True)
             cli("adamix-train", "--model", "smollm2", *gen, *extra, "--output", str(WORK / name), "--overwrite")
@@ -267,7 +273,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     sub.add_parser("all")
-    sub.add_parser("build")
+    sub.add_parser("build").add_argument(
+        "--only", nargs="+", default=[], help="cls-head, cls-lora, cls-adapter, gen-base, gen-lora (default: all)"
+    )
     sub.add_parser("measure")
     sub.add_parser("report")
     t = sub.add_parser("time")
@@ -288,7 +296,7 @@ def main() -> None:
         build()
         measure()
     elif args.what == "build":
-        build()
+        build(args.only)
     elif args.what == "measure":
         measure()
     elif args.what == "report":

@@ -40,6 +40,17 @@ E2E_PROMPTS = [
 ]
 
 
+KSERVE_BODY = "kserve-v2"  # `load`'s body_key for the Open Inference Protocol's body (see request_body)
+
+
+def request_body(body_key: str, text: str) -> dict:
+    """One sentence as a request: ``{body_key: [text]}``, or for KSERVE_BODY the Open Inference Protocol's BYTES
+    tensor of shape [1, 1], the same bytes for adamix-serve's /v2 routes (one process or Ray) and for Triton."""
+    if body_key == KSERVE_BODY:
+        return {"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": [text]}]}
+    return {body_key: [text]}
+
+
 def sentences() -> list[str]:
     if SST2_DEV.exists():
         lines = SST2_DEV.read_text().splitlines()[1:65]
@@ -109,7 +120,7 @@ def load_main(url: str, concurrency: int, count: int, body_key: str) -> None:
     import httpx
 
     texts = sentences()
-    bodies = [{body_key: [texts[i % len(texts)]]} for i in range(count)]
+    bodies = [request_body(body_key, texts[i % len(texts)]) for i in range(count)]
 
     async def run() -> tuple[list[float], float, int]:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)

@@ -25,7 +25,7 @@ Two layouts, both taking BYTES ``text`` (dims [1]: one text per batch row; a req
 1/tokenizer.json}``, one model that tokenises and runs onnxruntime itself, over the whole dynamic batch.
 
 Every model with a batch dimension has ``dynamic_batching { preferred_batch_size max_queue_delay_microseconds }``
-and ``instance_group [{ kind count }]``. The tokenizer limits (``max_tokens``, ``pad_token_id``) are computed
+(left out with ``--no-dynamic-batching``: each request then runs alone) and ``instance_group [{ kind count }]``. The tokenizer limits (``max_tokens``, ``pad_token_id``) are computed
 here by adamix-serve's own folder reader (`read_model_folder`) and written as config parameters, so the Triton
 models tokenise exactly as the server does; the ONNX model is opened once (onnxruntime) to read its inputs and
 check its logits against the manifest's labels.
@@ -94,6 +94,7 @@ class BatchingOptions:
     max_queue_delay_us: int = 500
     instances: int = 1
     kind: str = "cpu"  # cpu | gpu: where the model that runs the ONNX graph gets its instances
+    dynamic: bool = True  # False: no dynamic_batching block, Triton runs every request on its own
 
     def check(self) -> None:
         if self.max_batch_size < 1:
@@ -251,7 +252,9 @@ def model_config(
     text += f"max_batch_size: {batching.max_batch_size}\n"
     text += _tensors("input", inputs) + _tensors("output", outputs)
     if kind:  # an ensemble has neither a batcher nor instances of its own: its steps do
-        text += _dynamic_batching(batching) + _instance_group(kind, batching.instances)
+        text += (_dynamic_batching(batching) if batching.dynamic else "") + _instance_group(
+            kind, batching.instances
+        )
     return text + extra + _parameters(parameters or {})
 
 
@@ -413,6 +416,12 @@ def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--max-batch-size", type=int, default=32, show_default=True)
 @click.option("--preferred-batch-sizes", default="4,8,16", show_default=True, callback=_batch_sizes)
 @click.option("--max-queue-delay-us", type=int, default=500, show_default=True)
+@click.option(
+    "--dynamic-batching/--no-dynamic-batching",
+    default=True,
+    show_default=True,
+    help="Triton's dynamic batcher; off, every request runs alone (the comparison point for batching).",
+)
 @click.option("--instances", type=int, default=1, show_default=True, help="Instances of each model.")
 @click.option(
     "--kind",
@@ -441,6 +450,7 @@ def triton_cli(**o) -> None:
     batching = BatchingOptions(
         max_batch_size=o["max_batch_size"], preferred_batch_sizes=o["preferred_batch_sizes"],
         max_queue_delay_us=o["max_queue_delay_us"], instances=o["instances"], kind=o["kind"],
+        dynamic=o["dynamic_batching"],
     )  # fmt: skip
     summary = write_repository(
         o["export_folder"], o["output"], layout=o["layout"], name=o["name"], batching=batching,

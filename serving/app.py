@@ -15,6 +15,7 @@ from fastapi import Depends, FastAPI
 
 from adamix_deploy.serving import routes_kserve, routes_native, routes_openai, routes_probes
 from adamix_deploy.serving.auth import require_api_key
+from adamix_deploy.serving.batching import BatcherFactory, ClassificationBatcher
 from adamix_deploy.serving.error_handlers import install_error_handlers
 from adamix_deploy.serving.metrics import ServerMetrics
 from adamix_deploy.serving.middleware import BodyLimitAndMetrics
@@ -29,19 +30,24 @@ def create_app(
     models: list[ServedModel],
     settings: ServerSettings,
     on_load_failure: Callable[[str], None] | None = None,
+    make_batcher: BatcherFactory = ClassificationBatcher,
+    load_on_startup: bool = True,
 ) -> FastAPI:
     """The app for these models. Handlers find what they need on `app.state`: `runtimes` (name to
-    `ModelRuntime`), `metrics`, `settings` and `load_errors` (empty unless loading failed)."""
+    `ModelRuntime`), `metrics`, `settings` and `load_errors` (empty unless loading failed).
+    ``load_on_startup=False`` leaves loading to the caller (`start_models`): a Ray Serve replica loads before it
+    takes traffic. ``make_batcher`` builds each classification model's scheduler."""
     metrics = ServerMetrics()
-    runtimes = {m.name: ModelRuntime(m, settings, metrics) for m in models}
+    runtimes = {m.name: ModelRuntime(m, settings, metrics, make_batcher) for m in models}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Models load after the port opens, so /health answers at once and /ready says when they are up.
-        loader = asyncio.create_task(_load_all(app, on_load_failure))
+        loader = asyncio.create_task(_load_all(app, on_load_failure)) if load_on_startup else None
         yield
-        loader.cancel()
-        await asyncio.gather(loader, return_exceptions=True)
+        if loader:
+            loader.cancel()
+            await asyncio.gather(loader, return_exceptions=True)
         for runtime in runtimes.values():
             await runtime.stop()
 
@@ -77,17 +83,21 @@ def create_app(
     return app
 
 
+async def start_models(app: FastAPI) -> None:
+    """Load, warm and start every model of ``app``; raises the first failure."""
+    for runtime in app.state.runtimes.values():
+        await runtime.start()
+    app.state.metrics.ready.set(1)
+    log.info("ready: %s", ", ".join(app.state.runtimes))
+
+
 async def _load_all(app: FastAPI, on_load_failure: Callable[[str], None] | None) -> None:
-    """Start every runtime; on the first failure, record it for /ready and tell `on_load_failure`."""
+    """`start_models`; on the first failure, record it for /ready and tell `on_load_failure`."""
     try:
-        for runtime in app.state.runtimes.values():
-            await runtime.start()
+        await start_models(app)
     except Exception as e:
         message = str(e)
         app.state.load_errors.append(message)
         log.error("failed to load: %s", message)
         if on_load_failure:
             on_load_failure(message)
-        return
-    app.state.metrics.ready.set(1)
-    log.info("ready: %s", ", ".join(app.state.runtimes))

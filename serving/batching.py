@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -25,6 +26,24 @@ import onnxruntime as ort
 from adamix_deploy.exporters.onnx_loops import classify_logits
 from adamix_deploy.serving.generation import QueueFull
 from adamix_deploy.serving.text import EncodedInput, pad_batch
+
+
+class Batcher(Protocol):
+    """What `ModelRuntime` needs from a classification scheduler: `ClassificationBatcher` in one process,
+    `ServeBatcher` (``@serve.batch``) in a Ray Serve replica. Both are built with the arguments of
+    `ClassificationBatcher.__init__`."""
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def classify(self, items: list[EncodedInput], timeout: float) -> np.ndarray: ...
+
+
+BatcherFactory = Callable[..., Batcher]
 
 
 @dataclass
@@ -110,7 +129,9 @@ class ClassificationBatcher:
             items = [r.items[i] for r, i in batch]
             start = time.perf_counter()
             try:
-                logits = await loop.run_in_executor(self._executor, self._run_sorted, items)
+                logits = await loop.run_in_executor(
+                    self._executor, run_length_sorted, self.session, self.pad_token_id, items
+                )
             except Exception as e:  # fail this batch's requests, keep serving
                 for request, _ in batch:
                     self._settle(request, error=e)
@@ -122,18 +143,6 @@ class ClassificationBatcher:
                 if request.remaining == 0:
                     self._settle(request)
 
-    def _run_sorted(self, items: list[EncodedInput]) -> list[np.ndarray]:
-        """Logits for ``items`` in their order, computed in calls of similar-length inputs: padding a short
-        sentence to a long one costs real compute (on 2 CPU cores, 32 SST-2 sentences padded together took 1.5x
-        the time of the same sentences run as length-sorted calls of up to 8)."""
-        order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
-        out: list[np.ndarray | None] = [None] * len(items)
-        for group in _length_groups(order, [len(item.ids) for item in items]):
-            logits = classify_logits(self.session, pad_batch([items[i] for i in group], self.pad_token_id))
-            for row, i in enumerate(group):
-                out[i] = logits[row]
-        return out
-
     def _settle(self, request: _Request, error: Exception | None = None) -> None:
         if request.future.done():
             return
@@ -143,7 +152,22 @@ class ClassificationBatcher:
             request.future.set_result(np.stack(request.logits))
 
 
-ROWS_PER_CALL = 8  # past this, a larger call was slower per input on the 2-core machine (see _run_sorted)
+def run_length_sorted(
+    session: ort.InferenceSession, pad_token_id: int, items: list[EncodedInput]
+) -> list[np.ndarray]:
+    """Logits for ``items`` in their order, computed in calls of similar-length inputs: padding a short sentence to
+    a long one costs real compute (on 2 CPU cores, 32 SST-2 sentences padded together took 1.5x the time of the
+    same sentences run as length-sorted calls of up to 8)."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i].ids))
+    out: list[np.ndarray | None] = [None] * len(items)
+    for group in _length_groups(order, [len(item.ids) for item in items]):
+        logits = classify_logits(session, pad_batch([items[i] for i in group], pad_token_id))
+        for row, i in enumerate(group):
+            out[i] = logits[row]
+    return out
+
+
+ROWS_PER_CALL = 8  # past this, a larger call was slower per input on the 2-core machine (see run_length_sorted)
 PADDING_SLACK = 1.25  # a call's longest input may be this much longer than its shortest
 
 

@@ -78,17 +78,53 @@ from adamix_deploy.exporters.export_folder import PRECISIONS
 )
 @click.option("--gpu", is_flag=True, help="CUDA provider first, CPU fallback (logged).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info")
+@click.option(
+    "--ray", "use_ray", is_flag=True, help="Run as a Ray Serve application (extra [ray]): replicas, same HTTP API."
+)
+@click.option(
+    "--ray-address",
+    help="With --ray: an existing cluster (e.g. 10.0.0.5:6379, or auto). Default: RAY_ADDRESS, else a local Ray instance.",
+)
+@click.option("--replicas", type=click.IntRange(1), help="With --ray: a fixed number of replicas (default 1).")
+@click.option("--min-replicas", type=click.IntRange(0), help="With --ray: autoscaling lower bound (default 1).")
+@click.option("--max-replicas", type=click.IntRange(1), help="With --ray: autoscaling upper bound.")
+@click.option(
+    "--target-ongoing-requests",
+    type=click.FloatRange(0, min_open=True),
+    help="With autoscaling: requests in flight per replica that Ray scales to keep (default 2).",
+)
+@click.option(
+    "--replica-cpus",
+    type=click.FloatRange(0, min_open=True),
+    help="With --ray: CPUs Ray reserves per replica (default 1; also the replica's onnxruntime threads unless --threads).",
+)
 def serve_cli(
-    folders, host, port, api_key_file, precision, graceful_timeout, log_level, request_timeout, **o
-) -> None:
-    """Serve export folders (written by adamix-export) over HTTP. Never imports torch."""
+    folders, host, port, api_key_file, precision, graceful_timeout, log_level, request_timeout, use_ray,
+    ray_address, replicas, min_replicas, max_replicas, target_ongoing_requests, replica_cpus, **o,
+) -> None:  # fmt: skip
+    """Serve export folders (written by adamix-export) over HTTP. Never imports torch; imports ray only
+    with --ray."""
     from adamix_deploy.serving.api_keys import read_api_keys
+    from adamix_deploy.serving.ray_options import ray_options
     from adamix_deploy.serving.runtime import ServerSettings
-    from adamix_deploy.serving.server import serve
 
+    on_ray = ray_options(
+        use_ray, ray_address, replicas, min_replicas, max_replicas, target_ongoing_requests, replica_cpus
+    )
     keys = read_api_keys(api_key_file) if api_key_file else ()
     settings = ServerSettings(request_timeout_s=request_timeout, api_keys=keys, **o)
-    code = serve(list(folders), settings, host, port, precision, graceful_timeout, log_level)
+    if on_ray is None:
+        from adamix_deploy.serving.server import serve
+
+        code = serve(list(folders), settings, host, port, precision, graceful_timeout, log_level)
+    else:
+        try:
+            from adamix_deploy.serving.ray_server import serve_on_ray
+        except ImportError as e:
+            raise click.ClickException(f"--ray needs Ray Serve: pip install 'adamix-deploy[ray]' ({e})") from None
+        code = serve_on_ray(
+            list(folders), settings, on_ray, api_key_file, host, port, precision, graceful_timeout, log_level
+        )
     sys.exit(code)
 
 

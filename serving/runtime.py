@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from adamix_deploy.exporters.export_folder import SEQUENCE_TASKS
-from adamix_deploy.serving.batching import ClassificationBatcher
+from adamix_deploy.serving.batching import Batcher, BatcherFactory, ClassificationBatcher
 from adamix_deploy.serving.errors import ServeError, queue_full, timed_out
 from adamix_deploy.serving.generation import GenerationEngine, GenerationJob, QueueFull
 from adamix_deploy.serving.metrics import ServerMetrics
@@ -39,11 +39,20 @@ class ServerSettings:
 
 
 class ModelRuntime:
-    def __init__(self, model: ServedModel, settings: ServerSettings, metrics: ServerMetrics):
+    def __init__(
+        self,
+        model: ServedModel,
+        settings: ServerSettings,
+        metrics: ServerMetrics,
+        make_batcher: BatcherFactory = ClassificationBatcher,
+    ):
+        """``make_batcher`` builds the classification scheduler (a Ray Serve replica passes its ``@serve.batch``
+        one); limits, errors and timeouts stay here, so they are the same whichever batches."""
         self.model = model
         self.settings = settings
         self.metrics = metrics
-        self.batcher: ClassificationBatcher | None = None
+        self.make_batcher = make_batcher
+        self.batcher: Batcher | None = None
         self.engine: GenerationEngine | None = None
 
     @property
@@ -59,7 +68,7 @@ class ModelRuntime:
         await asyncio.to_thread(self.model.load, self.settings.threads, self.settings.gpu)
         m, s, name = self.model, self.settings, self.model.name
         if m.task in SEQUENCE_TASKS:
-            self.batcher = ClassificationBatcher(
+            self.batcher = self.make_batcher(
                 m.session, m.pad_token_id, s.max_batch_size, s.max_batch_wait_ms, s.max_queue, name,
                 on_batch=self._record_batch,
             )  # fmt: skip

@@ -202,11 +202,8 @@ def exports(tiny_bert, tiny_llama, tiny_gpt2, tmp_path_factory) -> dict[str, Pat
 @pytest.fixture(scope="session")
 def server(exports, tmp_path_factory):
     """One adamix-serve subprocess over the tiny exports, shared by the HTTP tests (tests/test_http_*.py)."""
-    from http_helpers import CAP
+    from http_helpers import SERVER_OPTIONS
     from server_process import ServerProcess
 
-    # a 5 ms batch wait: tiny models answer so fast that requests would rarely overlap on their own
-    options = ["--max-new-tokens", str(CAP), "--max-inputs", "8", "--max-body-bytes", "65536", "--threads", "1",
-               "--max-batch-wait-ms", "5"]  # fmt: skip
-    with ServerProcess(list(exports.values()), *options, log_dir=tmp_path_factory.mktemp("logs")) as srv:
+    with ServerProcess(list(exports.values()), *SERVER_OPTIONS, log_dir=tmp_path_factory.mktemp("logs")) as srv:
         yield srv

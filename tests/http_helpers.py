@@ -14,6 +14,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 CAP = 40  # the server's --max-new-tokens in these tests
+# the options of conftest's `server` (and of the Ray Serve server compared with it); a 5 ms batch wait: tiny models
+# answer so fast that requests would rarely overlap on their own
+SERVER_OPTIONS = ("--max-new-tokens", str(CAP), "--max-inputs", "8", "--max-body-bytes", "65536", "--threads", "1",
+                  "--max-batch-wait-ms", "5")  # fmt: skip
 TEXTS = ["the film was great", "awful plot and dull acting", "it was a movie", "superb story, really fine"]
 PROMPTS = ["name[The Mill], food[Italian]", "name[Zizzi], food[French]", "name[Aromi], food[Indian]"]
 

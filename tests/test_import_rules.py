@@ -118,10 +118,41 @@ def test_exporters_never_import_the_http_server(module, outside):
     check([module], forbidden, outside)
 
 
-@pytest.mark.parametrize("module", submodules("adamix_deploy.serving"))
+# `adamix-serve --ray` (extra [ray]): only these serving modules may import ray, and only the command's --ray path
+# imports them; ray_options (the CLI's checks) stays free of ray
+SERVING_RAY_MODULES = (
+    "adamix_deploy.serving.ray_batching",
+    "adamix_deploy.serving.ray_deployment",
+    "adamix_deploy.serving.ray_server",
+)
+
+
+def needs_ray(module: str):
+    """The Ray Serve modules import ray: they are checked where the [ray] extra is installed."""
+    if module not in SERVING_RAY_MODULES:
+        return module
+    found = importlib.util.find_spec("ray") is not None
+    return pytest.param(module, marks=pytest.mark.skipif(not found, reason="ray is not installed (extra [ray])"))
+
+
+@pytest.mark.parametrize("module", [needs_ray(m) for m in submodules("adamix_deploy.serving")])
 def test_serving_imports_neither_torch_nor_training_code(module, outside):
     allowed = (*SERVING_MAY_IMPORT, "adamix_deploy.serving", *submodules("adamix_deploy.serving"))
     check([module], TRAINING_STACK, outside, allowed_adamix=allowed)
+
+
+@pytest.mark.parametrize(
+    "module", [m for m in submodules("adamix_deploy.serving") if m not in SERVING_RAY_MODULES]
+)
+def test_plain_serving_never_imports_ray(module, outside):
+    check([module], ("ray",), outside)
+
+
+def test_the_ray_deployment_runs_the_usual_app_without_torch(outside):
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("ray is not installed (extra [ray])")
+    allowed = (*SERVING_MAY_IMPORT, "adamix_deploy.serving", *submodules("adamix_deploy.serving"))
+    check(list(SERVING_RAY_MODULES), (*TRAINING_STACK, "gradio"), outside, allowed_adamix=allowed)
 
 
 @pytest.mark.parametrize("module", DEMO_CLIENT_MODULES)
