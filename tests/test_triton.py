@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -107,12 +108,9 @@ def test_python_layout_on_a_real_triton_server_answers_as_adamix_serve(triton, e
             result = grpc.infer("sentiment", [data])
             assert_same(result.as_numpy("label")[0][0].decode(), result.as_numpy("scores")[0], exp, labels)
 
-        # an input over the token limit fails its request with the server's reason, as adamix-serve's 422 does
-        with pytest.raises(InferenceServerException, match="takes at most 64"):
-            infer_http(http, ["good " * 80])
-
         # 64 concurrent one-text requests: Triton's dynamic batcher merges them (executions < inferences)
-        before = http.get_inference_statistics("sentiment")["model_stats"][0]
+        # the Python backend reports a request's statistics after its response is sent: read them once settled
+        before = settled_stats(server.url)
         many = [TEXTS[i % len(TEXTS)] for i in range(64)]
         # the HTTP client's own concurrency (a pool of 32 connections; it is not thread-safe)
         pending = [infer_http(http, [t], asynchronous=True) for t in many]
@@ -120,14 +118,32 @@ def test_python_layout_on_a_real_triton_server_answers_as_adamix_serve(triton, e
         for text, result in zip(many, results, strict=True):
             exp = expected[TEXTS.index(text)]
             assert_same(result.as_numpy("label")[0][0].decode(), result.as_numpy("scores")[0], exp, labels)
-        stats = httpx.get(f"{server.url}/v2/models/sentiment/stats", timeout=10).json()["model_stats"][0]
+        stats = settled_stats(server.url)
         inferences = stats["inference_count"] - before["inference_count"]
         executions = stats["execution_count"] - before["execution_count"]
         assert inferences == 64 and executions < inferences, stats
+
+        # an input over the token limit fails its request with the server's reason, as adamix-serve's 422 does
+        with pytest.raises(InferenceServerException, match="takes at most 64"):
+            infer_http(http, ["good " * 80])
+
         http.close()
         grpc.close()
     finally:
         server.stop()
+
+
+def settled_stats(url: str, timeout: float = 10.0) -> dict:
+    """The model's statistics once two reads 0.2 s apart agree (Triton updates them just after answering)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        stats = httpx.get(f"{url}/v2/models/sentiment/stats", timeout=10).json()["model_stats"][0]
+        counts = (stats["inference_count"], stats["execution_count"])
+        if counts == last or time.monotonic() > deadline:
+            return stats
+        last = counts
+        time.sleep(0.2)
 
 
 # -- the ensemble layout: configs chain, each step computes what adamix-serve computes ---------------------------
