@@ -7,6 +7,7 @@ import json
 import click
 
 from adamix_deploy.command import run_one_line_errors
+from adamix_deploy.exporters.export_folder import QUANTIZED_PRECISIONS
 
 
 @click.command("adamix-export")
@@ -19,7 +20,13 @@ from adamix_deploy.command import run_one_line_errors
 )
 @click.option("--output", required=True, type=click.Path(), help="Export folder to write (atomically).")
 @click.option("--merge-method", default="average", show_default=True, help="average | delta-average | expert:i")
-@click.option("--quantize", type=click.Choice(["int8"]), help="Also write model_int8.onnx (dynamic, CPU).")
+@click.option(
+    "--quantize",
+    type=click.Choice(QUANTIZED_PRECISIONS),
+    multiple=True,
+    help="Also write model_int8.onnx / model_int4.onnx for CPU (repeatable). Encoders: dynamic int8. "
+    "Decoders: weight-only int8 or int4 (MatMulNBits).",
+)
 @click.option("--fp16", is_flag=True, help="Also write model_fp16.onnx (GPU).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--verify-file", type=click.Path(), help="Parity inputs (else built-in sentences / prompts).")
@@ -27,23 +34,40 @@ from adamix_deploy.command import run_one_line_errors
 @click.option(
     "--greedy-steps", type=int, default=16, show_default=True, help="Generation parity: tokens compared."
 )
+@click.option(
+    "--parity-prompts",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Generation parity: prompts decoded (from --verify-file, else built-in: at most 8).",
+)
+@click.option(
+    "--warn-agreement",
+    type=click.FloatRange(0, 1),
+    default=0.95,
+    show_default=True,
+    help="Print a warning when a quantised or fp16 file agrees with the reference less than this.",
+)
 @click.option("--base-model", help="Base model folder or packaged name (PEFT / official imports, moved bases).")
 @click.option("--lora-alpha", type=float, help="Official GPT-2 AdaMix checkpoints: LoRA alpha (not stored).")
 @click.option("--adapter-activation", default="gelu", show_default=True, help="Official NLU checkpoints.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
 def export_cli(**o) -> None:
     """Merge the experts, fold them into the base model, export ONNX and prove parity."""
+    from adamix_deploy.exporters.parity import reduced_precision_warnings
     from adamix_deploy.exporters.pipeline import export_checkpoint
 
     manifest = export_checkpoint(
         o["source"], o["output"], merge_method=o["merge_method"], quantize=o["quantize"], fp16=o["fp16"],
         opset=o["opset"], verify_file=o["verify_file"], overwrite=o["overwrite"], tolerance=o["tolerance"],
-        base_model=o["base_model"], greedy_steps=o["greedy_steps"], lora_alpha=o["lora_alpha"],
-        adapter_activation=o["adapter_activation"],
+        base_model=o["base_model"], greedy_steps=o["greedy_steps"], parity_prompts=o["parity_prompts"],
+        lora_alpha=o["lora_alpha"], adapter_activation=o["adapter_activation"],
     )  # fmt: skip
     click.echo(
         json.dumps({"output": str(o["output"]), "parity": manifest.parity, "files": manifest.files}, indent=2)
     )
+    for line in reduced_precision_warnings(manifest.parity, manifest.onnx.models, o["warn_agreement"]):
+        click.echo(line, err=True)
 
 
 export_command = run_one_line_errors(export_cli)

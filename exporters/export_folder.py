@@ -4,7 +4,8 @@ nowhere else; readers go through `read_manifest` and the typed `Manifest`, never
 
     deploy/x/
       model.onnx             fp32, onnxruntime transformer fusions applied (generation: with key/value cache)
-      model_int8.onnx        --quantize int8 (dynamic, CPU)
+      model_int8.onnx        --quantize int8 (CPU: dynamic int8 for encoders, weight-only int8 for decoders)
+      model_int4.onnx        --quantize int4 (CPU, decoders: weight-only int4)
       model_fp16.onnx        --fp16 (GPU)
       config.json, tokenizer.json (+ tokenizer_config.json, generation_config.json, chat template)
       adamix_manifest.json   this module's `Manifest`
@@ -27,8 +28,14 @@ FORMAT = "adamix-export"
 FORMAT_VERSION = 1
 TASKS = ("classification", "regression", "generation")
 SEQUENCE_TASKS = ("classification", "regression")  # one forward pass over an input text (or pair)
-PRECISIONS = ("fp32", "fp16", "int8")
-ONNX_FILES = {"fp32": "model.onnx", "int8": "model_int8.onnx", "fp16": "model_fp16.onnx"}
+PRECISIONS = ("fp32", "fp16", "int8", "int4")
+QUANTIZED_PRECISIONS = ("int8", "int4")  # what --quantize writes (fp16 is --fp16)
+ONNX_FILES = {
+    "fp32": "model.onnx",
+    "int8": "model_int8.onnx",
+    "int4": "model_int4.onnx",
+    "fp16": "model_fp16.onnx",
+}
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 MODEL_CONFIG_FILE = "config.json"
@@ -76,6 +83,7 @@ class OnnxInfo:
     models: dict[str, str]  # precision -> file name (ONNX_FILES), only those written
     fusions: dict[str, int] = field(default_factory=dict)
     with_past: bool = False  # generation graphs take and return the key/value cache
+    quantization: dict[str, dict] = field(default_factory=dict)  # int8 / int4 -> the settings that wrote it
 
 
 @dataclass(frozen=True)

@@ -74,3 +74,16 @@ def greedy_generate(
         ids = np.asarray([[token]], dtype=np.int64)
         total += 1
     return generated, first_logits
+
+
+def sequence_logits(session: ort.InferenceSession, ids: list[int]) -> np.ndarray:
+    """The logits at every position of ``ids`` in one call with an empty cache: (len(ids), vocab). Parity uses
+    it to score a stage along another stage's tokens (teacher forcing), so every step is comparable."""
+    names = input_names(session)
+    feed = empty_cache(session)
+    feed["input_ids"] = np.asarray([ids], dtype=np.int64)
+    if "attention_mask" in names:
+        feed["attention_mask"] = np.ones((1, len(ids)), dtype=np.int64)
+    if "position_ids" in names:
+        feed["position_ids"] = np.arange(len(ids), dtype=np.int64)[None, :]
+    return session.run(["logits"], feed)[0][0].astype(np.float32)

@@ -10,6 +10,7 @@ the comparisons (`classification_parity`, `generation_parity`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from adamix_deploy.collate import model_input_names
 from adamix_deploy.data import group_references, read_generation, read_like_checkpoint
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE, SEQUENCE_TASKS
-from adamix_deploy.exporters.onnx_loops import classify_logits, greedy_generate, open_session
+from adamix_deploy.exporters.onnx_loops import classify_logits, greedy_generate, open_session, sequence_logits
 
 BUILTIN_SENTENCES = [
     "A warm, funny and beautifully acted film.",
@@ -35,6 +36,10 @@ BUILTIN_PROMPTS = [
     "name[Blue Spice], eatType[pub], food[Italian], customer rating[high], near[Rainbow Vegetarian Café]",
     "name[Zizzi], eatType[restaurant], priceRange[moderate], familyFriendly[yes]",
     "Write one sentence about a quiet library.",
+    "name[The Mill], eatType[pub], food[English], area[city centre], familyFriendly[no]",
+    "name[Alimentum], food[Chinese], priceRange[high], customer rating[1 out of 5], area[riverside]",
+    "Describe the weather on a cold winter morning.",
+    "name[Cotto], eatType[coffee shop], food[French], near[The Portland Arms]",
 ]
 
 
@@ -43,19 +48,18 @@ class ParityError(AdamixError):
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------
-def parity_inputs(task: str, verify_file, config: dict) -> list:
+def parity_inputs(task: str, verify_file, config: dict, prompts: int = 4) -> list:
     """Classification and regression: (text, pair) tuples, the first 32 of ``verify_file`` or built-in
-    sentences. Generation: prompts laid out with the checkpoint's template, the first 4 records or built-in
-    prompts."""
+    sentences. Generation: ``prompts`` prompts laid out with the checkpoint's template, the first records of
+    ``verify_file`` or built-in prompts (at most as many as there are)."""
     if task in SEQUENCE_TASKS:
         if verify_file:
             examples = read_like_checkpoint(verify_file, config)[:32]
             return [(e.text, e.text_pair) for e in examples]
         return [(s, None) for s in BUILTIN_SENTENCES]
-    prompts = (
-        [p for p, _ in group_references(read_generation(verify_file))[:4]] if verify_file else BUILTIN_PROMPTS
-    )
-    return [(config.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE).format(prompt=p) for p in prompts]
+    records = [p for p, _ in group_references(read_generation(verify_file))] if verify_file else BUILTIN_PROMPTS
+    template = config.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE
+    return [template.format(prompt=p) for p in records[:prompts]]
 
 
 # -- stages: PyTorch references, then each ONNX file -------------------------------------------------------------
@@ -86,17 +90,19 @@ def check_generation(
     model, merged, tokenizer, onnx_files: dict[str, object], prompts: list[str], reduced_precision: set[str],
     tolerance: float, steps: int,
 ) -> dict:  # fmt: skip
-    """Greedy decoding of each prompt by the mixture (reference), the merged model and each ONNX file."""
+    """Greedy decoding of each prompt by the mixture (reference), the merged model and each ONNX file, and each
+    stage's logits along the reference's tokens."""
     ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    stages = {
-        "mixture_pytorch": torch_greedy(model, eos, pad, steps),
-        "merged_pytorch": torch_greedy(merged, eos, pad, steps),
-    }
+    stages = {"mixture_pytorch": torch_decoder(model, eos, pad, steps), "merged_pytorch": torch_decoder(merged, eos, pad, steps)}  # fmt: skip
     for name, path in onnx_files.items():
         session = open_session(path)
-        stages[name] = lambda prompt, session=session: greedy_generate(session, prompt, steps, eos)
-    return generation_parity(stages, ids, reduced_precision, tolerance, steps)
+        stages[name] = DecoderStage(
+            greedy=lambda prompt, session=session: greedy_generate(session, prompt, steps, eos)[0],
+            logits=lambda sequence, session=session: sequence_logits(session, sequence),
+        )
+    with torch.no_grad():
+        return generation_parity(stages, ids, reduced_precision, tolerance, steps)
 
 
 # -- comparisons -------------------------------------------------------------------------------------------------
@@ -130,51 +136,106 @@ def classification_parity(
     return report
 
 
+class DecoderStage(NamedTuple):
+    """A decoder under test: its own greedy tokens for a prompt (up to eos), and its logits at every position
+    of a given token sequence (teacher forcing)."""
+
+    greedy: Callable[[list[int]], list[int]]
+    logits: Callable[[list[int]], np.ndarray]
+
+
 def generation_parity(
-    stages: dict[str, Callable[[list[int]], tuple[list[int], np.ndarray]]],
+    stages: dict[str, DecoderStage],
     prompts: list[list[int]],
     reduced_precision: set[str],
     tolerance: float,
     steps: int,
 ) -> dict:
-    """Each stage greedily decodes ``steps`` tokens per prompt and returns (tokens, first-step logits)."""
+    """The first stage is the reference. Each other stage is compared two ways: its own greedy tokens against
+    the reference's (the share of prompts decoded identically, and the step where each first diverges), and its
+    logits along the reference's tokens, so that every step is compared even after greedy outputs part (max
+    |Δlogit| and the share of steps whose next-token choice agrees)."""
     names = list(stages)
-    outputs = {name: [stages[name](ids) for ids in prompts] for name in names}
-    reference = outputs[names[0]]
+    reference = stages[names[0]]
+    ref_tokens = [reference.greedy(p) for p in prompts]
+    # the positions that predict each reference token, and the one after the last
+    sequences = [(p + t, len(p) - 1) for p, t in zip(prompts, ref_tokens, strict=True)]
+    ref_logits = [reference.logits(seq)[start:] for seq, start in sequences]
     report = {
-        "reference": names[0], "prompts": len(prompts), "greedy_steps": steps, "tolerance": tolerance, "stages": {}
+        "reference": names[0], "prompts": len(prompts), "greedy_steps": steps, "tolerance": tolerance,
+        "steps_compared": sum(len(r) for r in ref_logits), "stages": {},
     }  # fmt: skip
     for name in names[1:]:
-        same = [
-            tokens == ref_tokens for (tokens, _), (ref_tokens, _) in zip(outputs[name], reference, strict=True)
-        ]
+        stage = stages[name]
+        tokens = [stage.greedy(p) for p in prompts]
+        divergence = [_first_difference(t, r) for t, r in zip(tokens, ref_tokens, strict=True)]
+        logits = [stage.logits(seq)[start:] for seq, start in sequences]
         diff = max(
-            float(np.max(np.abs(logits.astype(np.float64) - ref_logits.astype(np.float64))))
-            for (_, logits), (_, ref_logits) in zip(outputs[name], reference, strict=True)
+            float(np.max(np.abs(a.astype(np.float64) - b))) for a, b in zip(logits, ref_logits, strict=True)
         )
-        result = {"max_abs_logit_diff": diff, "greedy_tokens_identical": float(np.mean(same))}
+        agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(logits, ref_logits, strict=True)])
+        result = {
+            "max_abs_logit_diff": diff,
+            "greedy_tokens_identical": float(np.mean([d is None for d in divergence])),
+            "first_divergence_step": divergence,
+            "next_token_agreement": float(agree.mean()),
+        }
         report["stages"][name] = result
-        if name not in reduced_precision and (diff > tolerance or not all(same)):
+        identical = sum(d is None for d in divergence)
+        if name not in reduced_precision and (diff > tolerance or identical < len(prompts)):
             raise ParityError(
                 f"parity failed at stage {name}: max |Δlogit| {diff:.2e} vs {names[0]} (tolerance {tolerance:g}), "
-                f"greedy tokens identical for {sum(same)}/{len(same)} prompts over {steps} steps"
+                f"greedy tokens identical for {identical}/{len(prompts)} prompts over {steps} steps"
             )
     return report
 
 
-def torch_greedy(model, eos_token_id: int | None, pad_token_id: int, steps: int):
-    """A stage function for a PyTorch causal LM: greedy tokens (up to eos) and first-step logits."""
+def _first_difference(tokens: list[int], reference: list[int]) -> int | None:
+    """The first step where two greedy outputs differ (a length difference counts), or None if identical."""
+    for step, (a, b) in enumerate(zip(tokens, reference, strict=False)):
+        if a != b:
+            return step
+    return None if len(tokens) == len(reference) else min(len(tokens), len(reference))
 
-    @torch.no_grad()
-    def run(prompt_ids: list[int]) -> tuple[list[int], np.ndarray]:
+
+def reduced_precision_warnings(report: dict, files: dict[str, str], threshold: float) -> list[str]:
+    """One plain line per reduced-precision file whose choices agree with the reference less than ``threshold``
+    (top-1 per sample for encoders, next-token choice per step for decoders)."""
+    lines = []
+    for stage, result in report["stages"].items():
+        precision = stage.removeprefix("onnx_")
+        if precision == "fp32" or precision not in files:
+            continue
+        if "next_token_agreement" in result:
+            agreement, unit = (
+                result["next_token_agreement"],
+                f"next-token choices over {report['steps_compared']} steps",
+            )
+            diverged = sum(d is not None for d in result["first_divergence_step"])
+            detail = f"; greedy output differs on {diverged}/{report['prompts']} prompts"
+        else:
+            agreement, unit, detail = result["top1_agreement"], f"predictions on {report['samples']} samples", ""
+        if agreement < threshold:
+            lines.append(
+                f"warning: {files[precision]} agrees with {report['reference']} on {100 * agreement:.1f}% of its "
+                f"{unit} (below {100 * threshold:g}%){detail}, max |Δlogit| {result['max_abs_logit_diff']:.3g}: "
+                "check its quality on your own data before serving it"
+            )
+    return lines
+
+
+def torch_decoder(model, eos_token_id: int | None, pad_token_id: int, steps: int) -> DecoderStage:
+    """A PyTorch causal LM as a parity stage: `generate`'s greedy tokens (up to eos), and a forward pass."""
+
+    def greedy(prompt_ids: list[int]) -> list[int]:
         ids = torch.tensor([prompt_ids])
-        first = model(input_ids=ids).logits[0, -1].float().numpy()
         out = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps, do_sample=False,
             eos_token_id=eos_token_id, pad_token_id=pad_token_id,
         )[0, ids.shape[1] :].tolist()  # fmt: skip
-        if eos_token_id in out:
-            out = out[: out.index(eos_token_id)]
-        return out, first
+        return out[: out.index(eos_token_id)] if eos_token_id in out else out
 
-    return run
+    def logits(sequence: list[int]) -> np.ndarray:
+        return model(input_ids=torch.tensor([sequence])).logits[0].float().numpy()
+
+    return DecoderStage(greedy, logits)

@@ -19,6 +19,7 @@ from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import (
     MERGED_FOLDER,
     ONNX_FILES,
+    QUANTIZED_PRECISIONS,
     SEQUENCE_TASKS,
     BaseModelInfo,
     Manifest,
@@ -30,22 +31,23 @@ from adamix_deploy.exporters.export_folder import (
 )
 from adamix_deploy.exporters.merged_folder import save_merged_folder
 from adamix_deploy.exporters.onnx_export import export_onnx
-from adamix_deploy.exporters.optimize import convert_fp16, optimize_graph, quantize_int8
+from adamix_deploy.exporters.optimize import convert_fp16, optimize_graph
 from adamix_deploy.exporters.parity import check_classification, check_generation, parity_inputs
+from adamix_deploy.exporters.quantize import quantize_model
 from adamix_deploy.importers import detect_and_load
 from adamix_deploy.merge import merge_mixture_model, parse_merge_method, routing_for
 from adamix_deploy.mixture import set_routing
 from adamix_deploy.routing_comparison import compare_routings
 
 VALIDATION_EXAMPLES = 1000  # a seeded subset of a larger --verify-file keeps the export quick
-REDUCED_PRECISIONS = {"onnx_int8", "onnx_fp16"}  # parity reports their agreement; only fp32 must pass
+REDUCED_PRECISIONS = {"onnx_int8", "onnx_int4", "onnx_fp16"}  # parity reports their agreement; fp32 must pass
 
 
 def export_checkpoint(
     source: str | Path,
     output: str | Path,
     merge_method: str = "average",
-    quantize: str | None = None,
+    quantize: tuple[str, ...] = (),
     fp16: bool = False,
     opset: int = 18,
     verify_file: str | Path | None = None,
@@ -53,6 +55,7 @@ def export_checkpoint(
     tolerance: float = 1e-4,
     base_model: str | None = None,
     greedy_steps: int = 16,
+    parity_prompts: int = 4,
     lora_alpha: float | None = None,
     adapter_activation: str = "gelu",
 ) -> Manifest:
@@ -60,16 +63,19 @@ def export_checkpoint(
     output = Path(output)
     if output.exists() and not overwrite:
         raise AdamixError(f"{output} exists: pass --overwrite to replace it")
-    if quantize not in (None, "int8"):
-        raise AdamixError(f"unknown quantisation {quantize!r}: only int8 is supported")
+    unknown = [q for q in quantize if q not in QUANTIZED_PRECISIONS]
+    if unknown:
+        raise AdamixError(f"unknown quantisation {unknown[0]!r}: choose from {', '.join(QUANTIZED_PRECISIONS)}")
     merge_method = parse_merge_method(merge_method)
     started = time.perf_counter()
     ckpt = detect_and_load(Path(source), base_model, lora_alpha, adapter_activation)
     model, tokenizer, config = ckpt.model, ckpt.tokenizer, ckpt.config
     task = config["task"]
+    if "int4" in quantize and task != "generation":
+        raise AdamixError("--quantize int4 is for generation models; encoders take --quantize int8")
     set_routing(model, routing_for(merge_method))
     merged = merge_mixture_model(model, merge_method)
-    samples = parity_inputs(task, verify_file, config)
+    samples = parity_inputs(task, verify_file, config, parity_prompts)
 
     with atomic_directory(output) as tmp:
         save_merged_folder(merged, tokenizer, tmp / MERGED_FOLDER)
@@ -79,9 +85,10 @@ def export_checkpoint(
         shape = (hf.model_type, hf.num_attention_heads, hf.hidden_size)
         files = {"fp32": ONNX_FILES["fp32"]}
         fusions = optimize_graph(raw_onnx, tmp / files["fp32"], *shape)
-        if quantize == "int8":
-            files["int8"] = ONNX_FILES["int8"]
-            quantize_int8(tmp / files["fp32"], tmp / files["int8"])
+        quantization = {}
+        for precision in dict.fromkeys(quantize):
+            files[precision] = ONNX_FILES[precision]
+            quantization[precision] = quantize_model(tmp / files["fp32"], tmp / files[precision], precision, task)
         if fp16:
             files["fp16"] = ONNX_FILES["fp16"]
             convert_fp16(raw_onnx, tmp / files["fp16"], *shape)
@@ -101,7 +108,14 @@ def export_checkpoint(
             )
         # what the merge costs on the user's own validation file (parity only shows it is served faithfully)
         validation = compare_routings(ckpt, verify_file, max_examples=VALIDATION_EXAMPLES) if verify_file else None
-        onnx = OnnxInfo(opset, _onnxruntime_version(), files, fusions, with_past=task == "generation")
+        onnx = OnnxInfo(
+            opset,
+            _onnxruntime_version(),
+            files,
+            fusions,
+            with_past=task == "generation",
+            quantization=quantization,
+        )
         manifest = _manifest(ckpt, Path(source), merge_method, onnx, parity, started)
         return write_manifest(tmp, replace(manifest, validation=validation))
 

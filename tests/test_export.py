@@ -65,7 +65,7 @@ def run(*args):
 )
 def test_classification_export_folder_and_parity(tiny_bert, tmp_path, spec):
     ckpt = make_checkpoint(tiny_bert, "classification", spec, tmp_path / "ckpt")
-    manifest = export_checkpoint(ckpt, tmp_path / "deploy", quantize="int8")
+    manifest = export_checkpoint(ckpt, tmp_path / "deploy", quantize=("int8",))
     deploy = tmp_path / "deploy"
     assert {"model.onnx", "model_int8.onnx", "config.json", "tokenizer.json", "adamix_manifest.json"} <= {
         p.name for p in deploy.iterdir()

@@ -161,7 +161,7 @@ def test_minilm_export_parity_on_sst2_dev(tmp_path):
     )  # fmt: skip
     train(options)
     manifest = export_checkpoint(
-        tmp_path / "ckpt", tmp_path / "deploy", quantize="int8", verify_file=SHARED_DATA / "glue/SST-2/dev.tsv"
+        tmp_path / "ckpt", tmp_path / "deploy", quantize=("int8",), verify_file=SHARED_DATA / "glue/SST-2/dev.tsv"
     )
     stages = manifest.parity["stages"]
     assert manifest.parity["samples"] == 32
