@@ -61,7 +61,7 @@ def quantize_dynamic_int8(onnx_path: Path, output: Path) -> dict:
     return settings
 
 
-def _matmul_nbits_module():
+def matmul_nbits_module():
     """onnxruntime's matmul_nbits_quantizer calls `logging.basicConfig(level=INFO)` when imported, which would
     print every later INFO line of the process (the optimiser's fusions among them): undo that."""
     handlers, level = list(logging.root.handlers), logging.root.level
@@ -76,7 +76,7 @@ def _matmul_nbits_module():
 def quantize_weight_only(onnx_path: Path, output: Path, bits: int) -> dict:
     import onnx
 
-    nbits = _matmul_nbits_module()
+    nbits = matmul_nbits_module()
     model = onnx.load(str(onnx_path))
     head = lm_head_matmul(model)  # None when tied: the head is then a FusedMatMul the quantiser never touches
     config = nbits.DefaultWeightOnlyQuantConfig(
