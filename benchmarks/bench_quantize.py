@@ -12,11 +12,15 @@ their quality on E2E and their speed against PyTorch `generate`. Not a test: pri
 - Model: SmolLM2-135M-Instruct (the packaged GGUF, float32), AdaMix-LoRA M=4 on q_proj / v_proj with the
   `nlg-lora` recipe (r 4, alpha 32, shared B, consistency 100, label smoothing 0.1), trained on TRAIN_PAIRS
   seeded (MR, reference) pairs of `e2e/devset.csv` for one epoch, lr LR. One merged model, three files.
+- Parity (in the export): the 8 built-in prompts x 32 greedy steps (`adamix-export --parity-prompts 8 --greedy-steps 32`).
 - Quality: greedy decoding (the numpy KV-cache loop `exporters.onnx_loops.greedy_generate`, which the server's
   engine equals token for token: tests/test_generation_engine.py) of the first TEST_MRS distinct MRs of
   `e2e/testset_w_refs.csv`, at most MAX_NEW_TOKENS tokens; corpus BLEU against all references of each MR
   (sacrebleu) and best-reference ROUGE-L F1. Differences to fp32 carry a paired bootstrap 95 % interval over
   the MRs (BOOTSTRAP resamples).
+- Served: `adamix-serve --precision P` on the same export, SERVED_PROMPTS test MRs of at most SPEED_TOKENS new
+  tokens, one request at a time and then all at once (the engine's continuous batching), tokens/s as reported
+  by the server's usage counts over the wall time.
 - Speed: one process per backend, one after the other, threads THREADS; SPEED_PROMPTS prompts, each decoding
   exactly SPEED_TOKENS tokens (eos ignored), after one warm-up; tokens/s = generated tokens / decode time
   (median over REPEATS rounds), first-token time = the prompt's forward pass (median), peak RSS of the process.
@@ -48,7 +52,7 @@ QUALITY_FILE, SPEED_FILE, SUMMARY = "quantize_quality.jsonl", "quantize_speed.js
 
 TRAIN_PAIRS, LR, SEED = 320, 2e-3, 0
 TEST_MRS, MAX_NEW_TOKENS, BOOTSTRAP = 200, 64, 1000
-SPEED_PROMPTS, SPEED_TOKENS, REPEATS, THREADS = 4, 32, 3, 2
+SPEED_PROMPTS, SPEED_TOKENS, REPEATS, THREADS, SERVED_PROMPTS = 4, 32, 3, 2, 8
 PRECISIONS = ("fp32", "int8", "int4")  # our files; "genai-int4" is the peer's
 BACKENDS = ("pytorch-generate-fp32", "onnx-fp32", "onnx-int8", "onnx-int4")
 
@@ -75,9 +79,8 @@ def build(genai_python: str | None) -> None:
     if not (EXPORT / "adamix_manifest.json").exists():
         started = time.perf_counter()
         out = subprocess.run([bin_path("adamix-export"), "--merge", str(CHECKPOINT), "--output", str(EXPORT),
-                              "--quantize", "int8", "--quantize", "int4", "--verify-file",
-                              str(DATA / "testset_w_refs.csv"), "--parity-prompts", "8", "--greedy-steps", "32",
-                              "--overwrite"], check=True, capture_output=True, text=True)  # fmt: skip
+                              "--quantize", "int8", "--quantize", "int4", "--parity-prompts", "8", "--greedy-steps",
+                              "32", "--overwrite"], check=True, capture_output=True, text=True)  # fmt: skip
         print(out.stderr.strip(), f"\nexport took {time.perf_counter() - started:.0f} s")
     if genai_python and not (GENAI / "genai_config.json").exists():
         print(_peer(genai_python, "build", str(EXPORT / "merged"), str(GENAI), "--threads", str(THREADS)))
@@ -223,6 +226,42 @@ def _torch_backend(folder: Path):
     return first, decode
 
 
+def served(precision: str, port: int) -> dict:
+    """Tokens/s through `adamix-serve --precision` for SERVED_PROMPTS greedy requests of SPEED_TOKENS new tokens
+    (eos ignored by asking for min tokens is not in the API, so the count is what the server reports): one at
+    a time, then all at once (continuous batching)."""
+    import asyncio
+
+    import httpx
+
+    sys.path.insert(0, str(ROOT))
+    from bench_serve import adamix_server
+
+    server = adamix_server(EXPORT, port, "--precision", precision, "--threads", str(THREADS))
+    url = f"{server.url}/v1/models/{EXPORT.name}/generate"
+    body = {"max_new_tokens": SPEED_TOKENS, "temperature": 0}
+    prompts = [mr for mr, _ in test_mrs()[:SERVED_PROMPTS]]
+    httpx.post(url, json={**body, "prompt": prompts[0]}, timeout=300)  # warm-up
+    tokens, start = 0, time.perf_counter()
+    for prompt in prompts:
+        tokens += httpx.post(url, json={**body, "prompt": prompt}, timeout=300).json()["usage"][
+            "completion_tokens"
+        ]
+    sequential = tokens / (time.perf_counter() - start)
+
+    async def together() -> int:
+        async with httpx.AsyncClient(timeout=300) as client:
+            answers = await asyncio.gather(*(client.post(url, json={**body, "prompt": p}) for p in prompts))
+        return sum(a.json()["usage"]["completion_tokens"] for a in answers)
+
+    start = time.perf_counter()
+    concurrent = asyncio.run(together()) / (time.perf_counter() - start)
+    memory = server.stop()
+    return {"backend": f"adamix-serve {precision}", "tokens_per_s_1_at_a_time": sequential,
+            f"tokens_per_s_{SERVED_PROMPTS}_concurrent": concurrent, "ready_s": server.ready_s,
+            "peak_rss_mib": memory["VmHWM"]}  # fmt: skip
+
+
 def speed(genai_python: str | None) -> None:
     rows = []
     for backend in BACKENDS:
@@ -238,7 +277,13 @@ def speed(genai_python: str | None) -> None:
                           str(SPEED_TOKENS), "--repeats", str(REPEATS)))  # fmt: skip
         rows[-1]["model_bytes"] = sum(p.stat().st_size for p in GENAI.iterdir() if p.name.startswith("model.onnx"))
         print(rows[-1], flush=True)
-    (RESULTS / SPEED_FILE).write_text(json.dumps({"threads": THREADS, "backends": rows}, indent=1))
+    servers = []
+    for i, precision in enumerate(PRECISIONS):
+        servers.append(served(precision, 8700 + i))
+        print(servers[-1], flush=True)
+    (RESULTS / SPEED_FILE).write_text(
+        json.dumps({"threads": THREADS, "backends": rows, "servers": servers}, indent=1)
+    )
 
 
 # -- report ------------------------------------------------------------------------------------------------------
@@ -247,9 +292,8 @@ def report() -> None:
 
     manifest = read_manifest(EXPORT)
     quality_rows = {r["precision"]: r for r in _read_lines(RESULTS / QUALITY_FILE)}
-    speed_rows = (
-        json.loads((RESULTS / SPEED_FILE).read_text())["backends"] if (RESULTS / SPEED_FILE).exists() else []
-    )
+    speed_data = json.loads((RESULTS / SPEED_FILE).read_text()) if (RESULTS / SPEED_FILE).exists() else {}
+    speed_rows, server_rows = speed_data.get("backends", []), speed_data.get("servers", [])
     refs = [r for _, r in test_mrs()]
     summary = {"parity": manifest.parity, "quantization": manifest.onnx.quantization, "files": {}, "quality": {},
                "speed": speed_rows}  # fmt: skip
@@ -284,6 +328,15 @@ def report() -> None:
             ratio = f"{r['tokens_per_s'] / base:.2f}x" if base else "-"
             print(f"| {r['backend']} | {r['tokens_per_s']:.1f} | {ratio} | {r['first_token_ms']:.1f} | {r['load_s']} | "
                   f"{r['peak_rss_mib']:.0f} |")  # fmt: skip
+    if server_rows:
+        print(
+            f"\n| server | tokens/s, 1 at a time | tokens/s, {SERVED_PROMPTS} concurrent | ready s | peak RSS MiB |"
+        )
+        print("|---|---|---|---|---|")
+        for r in server_rows:
+            print(f"| {r['backend']} | {r['tokens_per_s_1_at_a_time']:.1f} | "
+                  f"{r[f'tokens_per_s_{SERVED_PROMPTS}_concurrent']:.1f} | {r['ready_s']:.2f} | {r['peak_rss_mib']:.0f} |")  # fmt: skip
+    summary["servers"] = server_rows
     (RESULTS / SUMMARY).write_text(json.dumps(summary, indent=1))
     _plot(summary, RESULTS / "quantize.png")
 

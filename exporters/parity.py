@@ -94,7 +94,10 @@ def check_generation(
     stage's logits along the reference's tokens."""
     ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    stages = {"mixture_pytorch": torch_decoder(model, eos, pad, steps), "merged_pytorch": torch_decoder(merged, eos, pad, steps)}  # fmt: skip
+    stages = {
+        "mixture_pytorch": torch_decoder(model, eos, pad, steps),
+        "merged_pytorch": torch_decoder(merged, eos, pad, steps),
+    }
     for name, path in onnx_files.items():
         session = open_session(path)
         stages[name] = DecoderStage(

@@ -181,9 +181,14 @@ def test_smollm2_export_greedy_parity_with_cache(tmp_path):
         batch_size=8, max_length=48, max_train_examples=8, progress=False,
     )  # fmt: skip
     train(options)
-    manifest = export_checkpoint(tmp_path / "ckpt", tmp_path / "deploy", greedy_steps=8)
+    manifest = export_checkpoint(tmp_path / "ckpt", tmp_path / "deploy", greedy_steps=8, quantize=("int4",))
     stage = manifest.parity["stages"]["onnx_fp32"]
     assert stage["greedy_tokens_identical"] == 1.0 and stage["max_abs_logit_diff"] <= 1e-4
+    # the tied embedding / LM head is written once: the graph is about the size of its weights (538 MB)
+    weights = manifest.files["merged/model.safetensors"]
+    assert manifest.files["model.onnx"] < 1.01 * weights, (manifest.files["model.onnx"], weights)
+    assert manifest.files["model_int4.onnx"] < 0.4 * weights
+    assert 0.0 <= manifest.parity["stages"]["onnx_int4"]["next_token_agreement"] <= 1.0
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "deploy" / "merged").config.model_type == "llama"
