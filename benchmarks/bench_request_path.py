@@ -7,7 +7,7 @@ Not a test: prints tables, writes JSON + PNG.
 EXPORT is a classification export folder (e.g. MiniLM-L6 SST-2). One SST-2 dev sentence per request, cycling
 through the same 64 sentences everywhere (bench_serve.py's `sentences`). Every measurement runs in its own
 process, one after the other, ROUNDS times in alternation (A, B, C, A, B, C), medians reported: run it alone.
-- bare: tokenisation + padding + `InferenceSession.run` on one sentence, in a loop (the floor).
+- bare: tokenisation + padding + `InferenceSession.run` on one sentence, in a loop (the floor: bench_serve.py's).
 - in-process runtime: `ModelRuntime.classify` (batcher, executor hop, softmax), 1 and 32 concurrent callers.
 - breakdown: timestamps at each stage of one request through the FastAPI app called directly (no socket).
 - HTTP: `adamix-serve` measured with wrk (C, one connection per concurrent client; Debian's `wrk`) and with
@@ -52,26 +52,6 @@ end
 
 
 # -- measurements, each run in a fresh process -------------------------------------------------------------------
-def bare_main(folder: str) -> dict:
-    from adamix_deploy.exporters.onnx_loops import classify_logits
-    from adamix_deploy.serving.model_folder import read_model_folder
-    from adamix_deploy.serving.text import encode_for_classification, pad_batch
-
-    model = read_model_folder(folder)
-    model.load(threads=None, gpu=False)
-    texts, times = sentences(), []
-    for repeat in range(6):
-        for text in texts:
-            start = time.perf_counter()
-            items = encode_for_classification(
-                model.tokenizer, model.truncating_tokenizer, [text], model.max_tokens, False
-            )
-            classify_logits(model.session, pad_batch(items, model.pad_token_id))
-            if repeat:
-                times.append(time.perf_counter() - start)
-    return {"p50_ms": 1000 * statistics.median(times)}
-
-
 def runtime_main(folder: str, concurrency: int, count: int) -> dict:
     import uvloop
 
@@ -255,7 +235,9 @@ def measure(folder: Path, rounds: int) -> dict:
     work = Path(tempfile.mkdtemp())
     url = f"/v1/models/{folder.name}/classify"
     for r in range(rounds):
-        runs.setdefault("bare", []).append(child("bare", str(folder)))
+        bare = subprocess.run([sys.executable, str(ROOT / "bench_serve.py"), "bare", str(folder)], capture_output=True,
+                              text=True, check=True)  # fmt: skip
+        runs.setdefault("bare", []).append(json.loads(bare.stdout))
         runs.setdefault("runtime c=1", []).append(child("runtime", str(folder), "1", "600"))
         runs.setdefault("runtime c=32", []).append(child("runtime", str(folder), "32", "1600"))
         runs.setdefault("breakdown", []).append(child("breakdown", str(folder), "600"))
@@ -317,7 +299,7 @@ def report(results: dict) -> None:
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         kind, *args = sys.argv[2:]
-        functions = {"bare": lambda: bare_main(args[0]), "runtime": lambda: runtime_main(args[0], int(args[1]), int(args[2])),
+        functions = {"runtime": lambda: runtime_main(args[0], int(args[1]), int(args[2])),
                      "breakdown": lambda: breakdown_main(args[0], int(args[1])), "raw": lambda: raw_client_main(args[0], int(args[1]))}  # fmt: skip
         print(json.dumps(functions[kind]()))
         return
