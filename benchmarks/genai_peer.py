@@ -10,8 +10,10 @@ share a venv. This file imports nothing of adamix_deploy.
 
 `build` runs genai's own builder (int4, CPU: its defaults, block 32, symmetric, accuracy level 4, one int4 tensor
 shared by the embedding and the LM head) on the merged Hugging Face folder of an export and pins the session to
-``--threads`` intra-op threads. PROMPTS.json is a list of prompt strings (already laid out with the template).
-Every command prints one JSON object.
+``--threads`` intra-op threads. PROMPTS.json is a list of prompts as token ids (laid out with the template and
+tokenised by the export's tokenizer.json, as the server does): genai's own tokenizer does not read this
+tokenizer.json correctly (it gave id -1 for "]", "," and spaces in E2E records), and the comparison is of the
+models, so every backend gets the same ids and `decode` returns ids. Every command prints one JSON object.
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ def build(merged: str, out: str, threads: int) -> dict:
     return {"seconds": round(time.perf_counter() - started, 1), "model_bytes": size}
 
 
-def _generator(model, tokenizer, prompt: str, max_new_tokens: int, ignore_eos: bool):
+def _generator(model, ids: list[int], max_new_tokens: int, ignore_eos: bool):
+    import numpy as np
     import onnxruntime_genai as og
 
-    ids = tokenizer.encode(prompt)
+    ids = np.asarray(ids, dtype=np.int32)
     params = og.GeneratorParams(model)
     options = {"max_length": len(ids) + max_new_tokens, "do_sample": False}
     if ignore_eos:
@@ -62,15 +65,14 @@ def speed(folder: str, prompts_file: str, tokens: int, repeats: int) -> dict:
 
     started = time.perf_counter()
     model = og.Model(folder)
-    tokenizer = og.Tokenizer(model)
     load_seconds = time.perf_counter() - started
     prompts = json.loads(Path(prompts_file).read_text())
-    _decode(model, tokenizer, prompts[0], 4, True)  # warm-up
+    _decode(model, prompts[0], 4, True)  # warm-up
     rates, firsts = [], []
     for _ in range(repeats):
         for prompt in prompts:
             t = time.perf_counter()
-            generator = _generator(model, tokenizer, prompt, tokens + 1, True)
+            generator = _generator(model, prompt, tokens + 1, True)
             generator.generate_next_token()  # the prompt's forward pass and the first token
             firsts.append(time.perf_counter() - t)
             t = time.perf_counter()
@@ -86,8 +88,8 @@ def speed(folder: str, prompts_file: str, tokens: int, repeats: int) -> dict:
     }  # fmt: skip
 
 
-def _decode(model, tokenizer, prompt: str, max_new_tokens: int, ignore_eos: bool = False) -> list[int]:
-    generator = _generator(model, tokenizer, prompt, max_new_tokens, ignore_eos)
+def _decode(model, prompt: list[int], max_new_tokens: int, ignore_eos: bool = False) -> list[int]:
+    generator = _generator(model, prompt, max_new_tokens, ignore_eos)
     out = []
     while not generator.is_done():
         generator.generate_next_token()
@@ -99,14 +101,13 @@ def decode(folder: str, prompts_file: str, max_new_tokens: int) -> dict:
     import onnxruntime_genai as og
 
     model = og.Model(folder)
-    tokenizer = og.Tokenizer(model)
-    eos = set(json.loads((Path(folder) / "genai_config.json").read_text())["model"].get("eos_token_id") or [])
-    eos = {eos} if isinstance(eos, int) else eos
-    texts = []
+    eos = json.loads((Path(folder) / "genai_config.json").read_text())["model"].get("eos_token_id")
+    eos = {eos} if isinstance(eos, int) else set(eos or [])
+    outputs = []
     for prompt in json.loads(Path(prompts_file).read_text()):
-        tokens = [t for t in _decode(model, tokenizer, prompt, max_new_tokens) if t not in eos]
-        texts.append(tokenizer.decode(tokens).strip())
-    return {"predictions": texts}
+        tokens = _decode(model, prompt, max_new_tokens)
+        outputs.append(tokens[: next((i for i, t in enumerate(tokens) if t in eos), len(tokens))])
+    return {"tokens": outputs}
 
 
 def main() -> None:
