@@ -141,6 +141,7 @@ def test_generation_parity_reports_first_divergence_and_compares_logits_along_th
     # along the reference's tokens both fake stages put their one-hot on the same next token: agreement is
     # total even though the free-running greedy outputs part at step 2, and the logits differ by the bias only
     assert stage["next_token_agreement"] == 1.0 and stage["max_abs_logit_diff"] == pytest.approx(0.25)
+    assert stage["first_step_max_abs_logit_diff"] == pytest.approx(0.25)
     with pytest.raises(Exception, match="greedy tokens identical for 1/2 prompts"):
         generation_parity({"ref": reference, "q": other}, prompts, set(), 1.0, steps=3)
 
