@@ -183,7 +183,8 @@ def test_smollm2_export_greedy_parity_with_cache(tmp_path):
     train(options)
     manifest = export_checkpoint(tmp_path / "ckpt", tmp_path / "deploy", greedy_steps=8, quantize=("int4",))
     stage = manifest.parity["stages"]["onnx_fp32"]
-    assert stage["greedy_tokens_identical"] == 1.0 and stage["max_abs_logit_diff"] <= 1e-4
+    assert stage["greedy_tokens_identical"] == 1.0 and stage["first_step_max_abs_logit_diff"] <= 1e-4
+    assert stage["max_abs_logit_diff"] <= 1e-3  # every step, teacher-forced along the mixture's tokens
     # the tied embedding / LM head is written once: the graph is about the size of its weights (538 MB)
     weights = manifest.files["merged/model.safetensors"]
     assert manifest.files["model.onnx"] < 1.01 * weights, (manifest.files["model.onnx"], weights)
