@@ -2,10 +2,11 @@
 returns the settings it used, which the manifest records (`OnnxInfo.quantization`).
 
 - Encoders (classification, regression), `int8`: onnxruntime's dynamic quantisation (int8 weights, activations
-  quantised at run time), with per-channel weight scales. Measured on a merged MiniLM-L6 SST-2 classifier
-  (872 dev sentences, docs/issue12_findings.md section 4): per-channel agrees with fp32 on 98.05 % of
-  predictions at 1.71x fp32's batch-1 speed, per-tensor (the earlier default) on 96.33 % at 1.6x;
-  `reduce_range` lowers agreement on this VNNI CPU (91.2 %), so it stays off.
+  quantised at run time), with per-channel weight scales. On merged MiniLM-L6 SST-2 classifiers (872 dev
+  sentences) per-channel agreed with fp32 on 98.05 % vs 96.33 % per-tensor (docs/issue12_findings.md) and on
+  97.36 % vs 96.90 % (README, issue-12 benchmark), at the same speed (~1.9x fp32 at batch 1) and with no
+  calibration data; the differences are within the noise of one dev set. `reduce_range` lowered agreement in
+  both measurements on this VNNI CPU, so it stays off.
 - Decoders (generation), `int8` / `int4`: weight-only block quantisation through onnxruntime's
   `MatMulNBitsQuantizer` (its default algorithm: round-to-nearest per block, in C++), symmetric, block 32,
   `accuracy_level` 4 (int8 activations per block, int8 dot products: without it int8 weights ran 3-7x *slower*
