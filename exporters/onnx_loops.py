@@ -56,11 +56,7 @@ def greedy_generate(
     first_logits = None
     output_names = [o.name for o in session.get_outputs()]
     for _ in range(max_new_tokens):
-        feed["input_ids"] = ids
-        if "attention_mask" in inputs:
-            feed["attention_mask"] = np.ones((1, total), dtype=np.int64)
-        if "position_ids" in inputs:
-            feed["position_ids"] = np.arange(total - ids.shape[1], total, dtype=np.int64)[None, :]
+        _feed_tokens(feed, inputs, ids, total)
         outputs = dict(zip(output_names, session.run(output_names, feed), strict=True))
         logits = outputs["logits"][0, -1].astype(np.float32)
         if first_logits is None:
@@ -79,11 +75,16 @@ def greedy_generate(
 def sequence_logits(session: ort.InferenceSession, ids: list[int]) -> np.ndarray:
     """The logits at every position of ``ids`` in one call with an empty cache: (len(ids), vocab). Parity uses
     it to score a stage along another stage's tokens (teacher forcing), so every step is comparable."""
-    names = input_names(session)
     feed = empty_cache(session)
-    feed["input_ids"] = np.asarray([ids], dtype=np.int64)
-    if "attention_mask" in names:
-        feed["attention_mask"] = np.ones((1, len(ids)), dtype=np.int64)
-    if "position_ids" in names:
-        feed["position_ids"] = np.arange(len(ids), dtype=np.int64)[None, :]
+    _feed_tokens(feed, input_names(session), np.asarray([ids], dtype=np.int64), len(ids))
     return session.run(["logits"], feed)[0][0].astype(np.float32)
+
+
+def _feed_tokens(feed: dict, inputs, ids: np.ndarray, total: int) -> None:
+    """The new tokens ``ids`` (1, n) of a sequence that is ``total`` tokens long with them, and the mask and
+    positions the graph takes."""
+    feed["input_ids"] = ids
+    if "attention_mask" in inputs:
+        feed["attention_mask"] = np.ones((1, total), dtype=np.int64)
+    if "position_ids" in inputs:
+        feed["position_ids"] = np.arange(total - ids.shape[1], total, dtype=np.int64)[None, :]
