@@ -67,6 +67,23 @@ def merged_lora_delta(lora_A: torch.Tensor, lora_B: torch.Tensor, method: str) -
     return _expert(lora_B, index) @ _expert(lora_A, index)
 
 
+def merged_lora_factors(
+    lora_A: torch.Tensor, lora_B: torch.Tensor, method: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The merge as one LoRA pair (A (r' x in), B (out x r')) with B @ A == `merged_lora_delta`: what an ONNX
+    Runtime adapter file carries instead of a folded weight. ``average`` and ``expert:i`` keep rank r;
+    ``delta-average`` of two multi-expert sides is exact only at rank M·r (the experts' pairs side by side)."""
+    if method == "delta-average" and lora_A.shape[0] > 1 and lora_B.shape[0] > 1:
+        experts = max(lora_A.shape[0], lora_B.shape[0])
+        a = torch.cat([_expert(lora_A, i) for i in range(experts)], dim=0)
+        b = torch.cat([_expert(lora_B, i) for i in range(experts)], dim=1) / experts
+        return a, b
+    if method in ("average", "delta-average"):  # with a shared side, delta-average equals average
+        return lora_A.mean(0), lora_B.mean(0)
+    index = Routing.parse(method).expert
+    return _expert(lora_A, index), _expert(lora_B, index)
+
+
 def fold_lora_into_linear(base: nn.Module, delta: torch.Tensor, scaling: float) -> nn.Module:
     """A copy of ``base`` (nn.Linear or Conv1D) with W + scaling · ΔW; ``base`` itself is untouched."""
     folded = copy.deepcopy(base)

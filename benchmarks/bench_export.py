@@ -1,11 +1,13 @@
-"""Export benchmark (issue 3): latency of the merged exports against the base model, file sizes, int8 accuracy.
+"""Export benchmark (issues 3 and 12): latency of the merged exports against the base model, file sizes, int8
+accuracy and agreement.
 
     python benchmarks/bench_export.py all        # builds checkpoints and exports under benchmarks/results/tmp
     python benchmarks/bench_export.py report
 
 MiniLM-L6 classifier, sequence length 128 (padded), batch 1 and 8: base model ONNX (no adaptation) vs
 merged-LoRA ONNX vs merged-adapter ONNX vs ONNX int8, and PyTorch unmerged mixture vs PyTorch merged.
-SmolLM2-135M greedy tokens/s: base ONNX vs merged-LoRA ONNX (our KV-cache loop) vs PyTorch generate.
+SmolLM2-135M greedy tokens/s: base ONNX vs merged-LoRA ONNX fp32 / weight-only int8 / int4 (our KV-cache loop)
+vs PyTorch generate.
 Every backend is timed in its own process (torch and onnxruntime thread pools fight over the cores);
 each figure is the median of the repeats; ratios compare figures from the same run.
 """
@@ -78,9 +80,9 @@ def build(only: Collection[str] = ()) -> None:
             cli("adamix-train", "--model", "smollm2", *gen, *extra, "--output", str(WORK / name), "--overwrite")
         if not (WORK / f"{name}.onnx" / "adamix_manifest.json").exists():
             print(f"exporting {name}", flush=True)
-            cli(
-                "adamix-export", "--merge", str(WORK / name), "--output", str(WORK / f"{name}.onnx"), "--overwrite"
-            )
+            quant = ["--quantize", "int8", "--quantize", "int4"] if name == "gen-lora" else []
+            cli("adamix-export", "--merge", str(WORK / name), "--output", str(WORK / f"{name}.onnx"), *quant,
+                "--overwrite")  # fmt: skip
 
 
 def base_generation_checkpoint(folder: Path) -> None:
@@ -176,6 +178,8 @@ def measure() -> None:
     for label, backend, folder, file in [
         ("base ONNX fp32 (KV cache)", "onnx", "gen-base.onnx", "model.onnx"),
         ("merged-LoRA ONNX fp32 (KV cache)", "onnx", "gen-lora.onnx", "model.onnx"),
+        ("merged-LoRA ONNX int8 weight-only (KV cache)", "onnx", "gen-lora.onnx", "model_int8.onnx"),
+        ("merged-LoRA ONNX int4 weight-only (KV cache)", "onnx", "gen-lora.onnx", "model_int4.onnx"),
         ("unmerged mixture PyTorch generate", "torch-mixture", "gen-lora", ""),
         ("merged-LoRA PyTorch generate", "torch-merged", "gen-lora", ""),
     ]:

@@ -18,7 +18,14 @@ from adamix_deploy.exporters.export_folder import QUANTIZED_PRECISIONS
     type=click.Path(),
     help="Mixture checkpoint folder, PEFT LoRA folder, or official AdaMix .bin/.pt file.",
 )
-@click.option("--output", required=True, type=click.Path(), help="Export folder to write (atomically).")
+@click.option("--output", type=click.Path(), help="Export folder to write (atomically).")
+@click.option(
+    "--adapter-of",
+    type=click.Path(),
+    help="Instead of --output: add the checkpoint as an onnxruntime LoRA adapter to this base folder "
+    "(created from the checkpoint's base model when it does not exist; an existing base is never rewritten).",
+)
+@click.option("--adapter-name", help="With --adapter-of: the adapter's name (default: the checkpoint's).")
 @click.option("--merge-method", default="average", show_default=True, help="average | delta-average | expert:i")
 @click.option(
     "--quantize",
@@ -57,6 +64,13 @@ def export_cli(**o) -> None:
     from adamix_deploy.exporters.parity import reduced_precision_warnings
     from adamix_deploy.exporters.pipeline import export_checkpoint
 
+    if bool(o["output"]) == bool(o["adapter_of"]):
+        raise click.UsageError("give either --output (a folded export) or --adapter-of (an adapter of a base)")
+    if o["adapter_of"]:
+        _export_adapter(o)
+        return
+    if o["adapter_name"]:
+        raise click.UsageError("--adapter-name goes with --adapter-of")
     manifest = export_checkpoint(
         o["source"], o["output"], merge_method=o["merge_method"], quantize=o["quantize"], fp16=o["fp16"],
         opset=o["opset"], verify_file=o["verify_file"], overwrite=o["overwrite"], tolerance=o["tolerance"],
@@ -68,6 +82,23 @@ def export_cli(**o) -> None:
     )
     for line in reduced_precision_warnings(manifest.parity, manifest.onnx.models, o["warn_agreement"]):
         click.echo(line, err=True)
+
+
+def _export_adapter(o: dict) -> None:
+    from adamix_deploy.exporters.adapter_export import export_adapter
+
+    unused = [flag for flag, key in (("--quantize", "quantize"), ("--fp16", "fp16"), ("--lora-alpha", "lora_alpha"))
+              if o[key]]  # fmt: skip
+    if unused:
+        raise click.UsageError(f"{unused[0]} does not apply to --adapter-of (adapters feed the fp32 base graph)")
+    manifest, created = export_adapter(
+        o["source"], o["adapter_of"], name=o["adapter_name"], merge_method=o["merge_method"],
+        verify_file=o["verify_file"], overwrite=o["overwrite"], tolerance=o["tolerance"],
+        base_model=o["base_model"], greedy_steps=o["greedy_steps"], parity_prompts=o["parity_prompts"],
+        opset=o["opset"],
+    )  # fmt: skip
+    click.echo(json.dumps({"base": str(o["adapter_of"]), "base_created": created, "adapter": manifest.name,
+                           "ranks": manifest.ranks, "parity": manifest.parity}, indent=2))  # fmt: skip
 
 
 export_command = run_one_line_errors(export_cli)

@@ -11,6 +11,13 @@ nowhere else; readers go through `read_manifest` and the typed `Manifest`, never
       adamix_manifest.json   this module's `Manifest`
       merged/                merged PyTorch weights as a Hugging Face folder
 
+A base for onnxruntime LoRA adapters (`adamix-export --adapter-of`) is the same folder without `merged/` or
+reduced precisions: its `model.onnx` takes the LoRA and head tensors as inputs (`Manifest.adapter_base` lists
+them, `labels` is None), and each adapter is a folder of its own that is added without touching the base:
+
+      adapters/<name>/adapter.onnx_adapter    the tensors (onnxruntime's AdapterFormat)
+      adapters/<name>/adapter_manifest.json   `AdapterManifest`: task, labels, merge, parity, source
+
 A leaf module: it imports neither torch nor onnxruntime nor any stage, so every stage may import it.
 """
 
@@ -42,6 +49,10 @@ MODEL_CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 MERGED_FOLDER = "merged"
+ADAPTERS_FOLDER = "adapters"
+ADAPTER_FILE = "adapter.onnx_adapter"
+ADAPTER_MANIFEST_NAME = "adapter_manifest.json"
+ADAPTER_FORMAT = "adamix-onnx-adapter"
 # How a generation model's input is laid out when a checkpoint names no template: the record, then a newline.
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\n"
 
@@ -87,6 +98,14 @@ class OnnxInfo:
 
 
 @dataclass(frozen=True)
+class AdapterBaseInfo:
+    """What makes a folder a base for adapters: the graph inputs an adapter feeds, and the graph's digest."""
+
+    inputs: list[dict]  # exporters.ort_adapters.AdapterInput fields: name, kind, module, shape, transposed
+    model_sha256: str  # of model.onnx: every adapter records the base it was made for
+
+
+@dataclass(frozen=True)
 class Manifest:
     task: str  # one of TASKS
     labels: list[str] | None  # classification: the label of each logit, in order; regression: None
@@ -104,6 +123,7 @@ class Manifest:
     # with --verify-file: the checkpoint's metrics on it under each routing (average = what this folder
     # serves, ensemble, random, each expert), so a user sees what the merge costs before deploying
     validation: dict | None = None
+    adapter_base: AdapterBaseInfo | None = None  # set on a base for onnxruntime LoRA adapters
 
     def onnx_file(self, precision: str) -> str:
         """The ONNX file of that precision, or an error naming the ones this export has."""
@@ -126,13 +146,13 @@ class Manifest:
                 f"{where}: {MANIFEST_NAME} has format version {version!r}; this adamix-deploy reads version "
                 f"{FORMAT_VERSION} (export the checkpoint again with this version's adamix-export)"
             )
-        optional = {"files", "validation"}
+        optional = {"files", "validation", "adapter_base"}
         missing = [f.name for f in fields(cls) if f.name not in optional and f.name not in data]
         if missing:
             raise ExportFolderError(f"{where}: {MANIFEST_NAME} lacks {', '.join(missing)}")
         if data["task"] not in TASKS:
             raise ExportFolderError(f"{where}: manifest task {data['task']!r} is not one of {', '.join(TASKS)}")
-        if data["task"] == "classification" and not data.get("labels"):
+        if data["task"] == "classification" and not data.get("labels") and not data.get("adapter_base"):
             raise ExportFolderError(f"{where}: a classification manifest must list its labels")
         try:
             return cls(
@@ -146,6 +166,7 @@ class Manifest:
                 export_seconds=data["export_seconds"],
                 files=data.get("files") or {},
                 validation=data.get("validation"),
+                adapter_base=_typed(AdapterBaseInfo, data["adapter_base"]) if data.get("adapter_base") else None,
             )
         except (TypeError, AttributeError) as e:
             raise ExportFolderError(f"{where}: {MANIFEST_NAME} has a malformed field: {e}") from None
@@ -155,6 +176,53 @@ def _typed(kind: type, data: dict):
     """A nested section: unknown keys (written by a newer exporter) are ignored, missing required ones raise."""
     known = {f.name for f in fields(kind)}
     return kind(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class AdapterManifest:
+    """One adapter of a base folder (``adapters/<name>/``): what it does and where it came from."""
+
+    name: str
+    task: str
+    labels: list[str] | None
+    prompt_template: str | None
+    max_length: int | None
+    mixture: MixtureInfo
+    merge_method: str
+    base_sha256: str  # the base's model.onnx this adapter was made and checked for
+    ranks: dict[str, int]  # LoRA module -> rank of its tensors (``delta-average`` of M experts: M·r)
+    parity: dict  # exporters.parity's report for this adapter on the base graph
+    source: SourceInfo
+    export_seconds: float
+
+    def to_dict(self) -> dict:
+        return {"format": ADAPTER_FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> AdapterManifest:
+        if data.get("format") != ADAPTER_FORMAT or data.get("format_version") != FORMAT_VERSION:
+            raise ExportFolderError(f"{where}: {ADAPTER_MANIFEST_NAME} is not an {ADAPTER_FORMAT} version "
+                                    f"{FORMAT_VERSION} manifest")  # fmt: skip
+        missing = [f.name for f in fields(cls) if f.name not in data]
+        if missing:
+            raise ExportFolderError(f"{where}: {ADAPTER_MANIFEST_NAME} lacks {', '.join(missing)}")
+        if data["task"] not in TASKS:
+            raise ExportFolderError(f"{where}: adapter task {data['task']!r} is not one of {', '.join(TASKS)}")
+        try:
+            return cls(
+                **{f.name: data[f.name] for f in fields(cls) if f.name not in ("mixture", "source")},
+                mixture=_typed(MixtureInfo, data["mixture"]),
+                source=_typed(SourceInfo, data["source"]),
+            )
+        except (TypeError, AttributeError) as e:
+            raise ExportFolderError(f"{where}: {ADAPTER_MANIFEST_NAME} has a malformed field: {e}") from None
+
+
+def read_adapter_manifest(folder: str | Path) -> AdapterManifest:
+    """The typed manifest of one adapter folder (``<base>/adapters/<name>``). Raises `ExportFolderError`."""
+    folder = Path(folder)
+    data = read_json_object(folder, ADAPTER_MANIFEST_NAME, "is it an adapter folder written by adamix-export?")
+    return AdapterManifest.from_dict(data, str(folder))
 
 
 def read_manifest(folder: str | Path) -> Manifest:

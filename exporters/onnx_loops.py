@@ -25,11 +25,24 @@ def input_names(session: ort.InferenceSession) -> set[str]:
     return {i.name for i in session.get_inputs()}
 
 
-def classify_logits(session: ort.InferenceSession, encoded: dict[str, np.ndarray]) -> np.ndarray:
+class ActiveAdapter:
+    """An onnxruntime LoRA adapter (`.onnx_adapter`) loaded from its file, and run options that make it active.
+    The options keep only a pointer to the adapter: this object must outlive every run that uses them."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.adapter = ort.LoraAdapter()
+        self.adapter.Load(str(path))
+        self.run_options = ort.RunOptions()
+        self.run_options.add_active_adapter(self.adapter)
+
+
+def classify_logits(
+    session: ort.InferenceSession, encoded: dict[str, np.ndarray], run_options: ort.RunOptions | None = None
+) -> np.ndarray:
     """Logits for a tokenised batch (numpy int64 arrays); tokenizer outputs the graph lacks are dropped."""
     names = input_names(session)
     feed = {k: np.asarray(v, dtype=np.int64) for k, v in encoded.items() if k in names}
-    return session.run(["logits"], feed)[0]
+    return session.run(["logits"], feed, run_options)[0]
 
 
 def empty_cache(session: ort.InferenceSession) -> dict[str, np.ndarray]:
@@ -43,7 +56,11 @@ def empty_cache(session: ort.InferenceSession) -> dict[str, np.ndarray]:
 
 
 def greedy_generate(
-    session: ort.InferenceSession, prompt_ids: list[int], max_new_tokens: int, eos_token_id: int | None
+    session: ort.InferenceSession,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    run_options: ort.RunOptions | None = None,
 ) -> tuple[list[int], np.ndarray]:
     """Greedy decoding of one prompt with the exported key/value cache. Returns the new token ids (up to
     and excluding eos) and the logits of the first step (for parity checks)."""
@@ -57,7 +74,7 @@ def greedy_generate(
     output_names = [o.name for o in session.get_outputs()]
     for _ in range(max_new_tokens):
         _feed_tokens(feed, inputs, ids, total)
-        outputs = dict(zip(output_names, session.run(output_names, feed), strict=True))
+        outputs = dict(zip(output_names, session.run(output_names, feed, run_options), strict=True))
         logits = outputs["logits"][0, -1].astype(np.float32)
         if first_logits is None:
             first_logits = logits
@@ -72,12 +89,14 @@ def greedy_generate(
     return generated, first_logits
 
 
-def sequence_logits(session: ort.InferenceSession, ids: list[int]) -> np.ndarray:
+def sequence_logits(
+    session: ort.InferenceSession, ids: list[int], run_options: ort.RunOptions | None = None
+) -> np.ndarray:
     """The logits at every position of ``ids`` in one call with an empty cache: (len(ids), vocab). Parity uses
     it to score a stage along another stage's tokens (teacher forcing), so every step is comparable."""
     feed = empty_cache(session)
     _feed_tokens(feed, input_names(session), np.asarray([ids], dtype=np.int64), len(ids))
-    return session.run(["logits"], feed)[0][0].astype(np.float32)
+    return session.run(["logits"], feed, run_options)[0][0].astype(np.float32)
 
 
 def _feed_tokens(feed: dict, inputs, ids: np.ndarray, total: int) -> None:

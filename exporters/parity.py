@@ -19,7 +19,13 @@ from adamix_deploy.collate import model_input_names
 from adamix_deploy.data import group_references, read_generation, read_like_checkpoint
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE, SEQUENCE_TASKS
-from adamix_deploy.exporters.onnx_loops import classify_logits, greedy_generate, open_session, sequence_logits
+from adamix_deploy.exporters.onnx_loops import (
+    ActiveAdapter,
+    classify_logits,
+    greedy_generate,
+    open_session,
+    sequence_logits,
+)
 
 BUILTIN_SENTENCES = [
     "A warm, funny and beautifully acted film.",
@@ -65,10 +71,11 @@ def parity_inputs(task: str, verify_file, config: dict, prompts: int = 4) -> lis
 # -- stages: PyTorch references, then each ONNX file -------------------------------------------------------------
 def check_classification(
     model, merged, tokenizer, onnx_files: dict[str, object], samples: list, reduced_precision: set[str],
-    tolerance: float, max_length: int,
+    tolerance: float, max_length: int, adapter=None,
 ) -> dict:  # fmt: skip
-    """The mixture (reference), the merged PyTorch model and each ONNX file on one padded batch. (For a
-    regression head the top-1 agreement is trivially 1: the logit difference is the figure that counts.)"""
+    """The mixture (reference), the merged PyTorch model and each ONNX file on one padded batch; with
+    ``adapter`` (an `.onnx_adapter` file) active in every ONNX run. (For a regression head the top-1 agreement
+    is trivially 1: the logit difference is the figure that counts.)"""
     texts = [t for t, _ in samples]
     pairs = [p for _, p in samples] if samples[0][1] is not None else None
     pt = tokenizer(texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
@@ -80,29 +87,33 @@ def check_classification(
         return lambda: m(**pt).logits.detach().float().numpy()
 
     stages = {"mixture_pytorch": torch_stage(model), "merged_pytorch": torch_stage(merged)}
+    active = ActiveAdapter(adapter) if adapter else None  # alive in this frame while the stages run
+    options = active.run_options if active else None
     for name, path in onnx_files.items():
-        stages[name] = lambda path=path: classify_logits(open_session(path), np_batch)
+        stages[name] = lambda path=path: classify_logits(open_session(path), np_batch, options)
     with torch.no_grad():
         return classification_parity(stages, reduced_precision, tolerance)
 
 
 def check_generation(
     model, merged, tokenizer, onnx_files: dict[str, object], prompts: list[str], reduced_precision: set[str],
-    tolerance: float, steps: int,
+    tolerance: float, steps: int, adapter=None,
 ) -> dict:  # fmt: skip
-    """Greedy decoding of each prompt by the mixture (reference), the merged model and each ONNX file, and each
-    stage's logits along the reference's tokens."""
+    """Greedy decoding of each prompt by the mixture (reference), the merged model and each ONNX file (with
+    ``adapter`` active, as in `check_classification`), and each stage's logits along the reference's tokens."""
     ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     stages = {
         "mixture_pytorch": torch_decoder(model, eos, pad, steps),
         "merged_pytorch": torch_decoder(merged, eos, pad, steps),
     }
+    active = ActiveAdapter(adapter) if adapter else None  # alive in this frame while the stages run
+    options = active.run_options if active else None
     for name, path in onnx_files.items():
         session = open_session(path)
         stages[name] = DecoderStage(
-            greedy=lambda prompt, session=session: greedy_generate(session, prompt, steps, eos)[0],
-            logits=lambda sequence, session=session: sequence_logits(session, sequence),
+            greedy=lambda prompt, session=session: greedy_generate(session, prompt, steps, eos, options)[0],
+            logits=lambda sequence, session=session: sequence_logits(session, sequence, options),
         )
     with torch.no_grad():
         return generation_parity(stages, ids, reduced_precision, tolerance, steps)

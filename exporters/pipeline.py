@@ -130,13 +130,6 @@ def _manifest(
     ckpt: MixtureCheckpoint, source: Path, merge_method: str, onnx: OnnxInfo, parity: dict, started: float
 ) -> Manifest:
     config = ckpt.config
-    if source.is_file():  # an official AdaMix file: its own digest
-        hashed_folder, hashed = source.parent, [source.name]
-    else:
-        hashed_folder = ckpt.folder
-        hashed = [
-            n for n in config.get("source_files", [CONFIG_NAME, WEIGHTS_NAME]) if (ckpt.folder / n).is_file()
-        ]
     mixture = config["mixture"]
     return Manifest(
         task=config["task"],
@@ -151,11 +144,24 @@ def _manifest(
         merge_method=merge_method,
         onnx=onnx,
         parity=parity,
-        source=SourceInfo(
-            checkpoint=str(source.absolute()),
-            format=config.get("source_format", "adamix-mixture"),
-            sha256=sha256_folder(hashed_folder, hashed),
-            files_hashed=hashed,
-        ),
+        source=source_info(ckpt, source),
         export_seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+def source_info(ckpt: MixtureCheckpoint, source: Path) -> SourceInfo:
+    """Where an export came from, with a digest that recognises a re-export of the same checkpoint."""
+    config = ckpt.config
+    if source.is_file():  # an official AdaMix file: its own digest
+        hashed_folder, hashed = source.parent, [source.name]
+    else:
+        hashed_folder = ckpt.folder
+        hashed = [
+            n for n in config.get("source_files", [CONFIG_NAME, WEIGHTS_NAME]) if (ckpt.folder / n).is_file()
+        ]
+    return SourceInfo(
+        checkpoint=str(source.absolute()),
+        format=config.get("source_format", "adamix-mixture"),
+        sha256=sha256_folder(hashed_folder, hashed),
+        files_hashed=hashed,
     )

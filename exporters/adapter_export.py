@@ -1,0 +1,263 @@
+"""``adamix-export --merge CKPT --adapter-of BASE``: a mixture checkpoint as an onnxruntime LoRA adapter of a
+shared base graph, instead of a folded export of its own.
+
+Read `export_adapter` top to bottom: load the checkpoint and merge its experts (`merged_lora_factors`: one
+LoRA pair per module, not folded); when BASE is not a base yet, write it from this checkpoint's base model
+(`write_base`: the base model's graph with the LoRA and head tensors as inputs, `exporters.ort_adapters`);
+then the adapter's tensors as that graph's inputs want them, checked on the base graph against the merged
+PyTorch model (the reference of a folded export's parity too), written to ``BASE/adapters/<name>/`` in one
+rename. Adding an adapter never rewrites the base. The folder format is `exporters.export_folder`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from adamix_deploy.adapter import LinearWithAdapter
+from adamix_deploy.atomic import atomic_directory
+from adamix_deploy.checkpoint import MixtureCheckpoint
+from adamix_deploy.errors import AdamixError
+from adamix_deploy.exporters.export_folder import (
+    ADAPTER_FILE,
+    ADAPTER_MANIFEST_NAME,
+    ADAPTERS_FOLDER,
+    MANIFEST_NAME,
+    ONNX_FILES,
+    SEQUENCE_TASKS,
+    AdapterBaseInfo,
+    AdapterManifest,
+    BaseModelInfo,
+    Manifest,
+    MixtureInfo,
+    OnnxInfo,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+from adamix_deploy.exporters.onnx_export import export_onnx
+from adamix_deploy.exporters.optimize import optimize_adapter_base
+from adamix_deploy.exporters.ort_adapters import HEAD, LORA_A, LORA_B, AdapterInput
+from adamix_deploy.exporters.parity import check_classification, check_generation, parity_inputs
+from adamix_deploy.exporters.pipeline import source_info
+from adamix_deploy.importers import detect_and_load
+from adamix_deploy.inject import set_submodule
+from adamix_deploy.lora import MixtureLoRALinear
+from adamix_deploy.merge import merge_mixture_model, merged_lora_factors, parse_merge_method, routing_for
+from adamix_deploy.mixture import set_routing
+from adamix_deploy.mixture_model import POOLER_PATTERN
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def export_adapter(
+    source: str | Path,
+    base_folder: str | Path,
+    name: str | None = None,
+    merge_method: str = "average",
+    verify_file: str | Path | None = None,
+    overwrite: bool = False,
+    tolerance: float = 1e-4,
+    base_model: str | None = None,
+    greedy_steps: int = 16,
+    parity_prompts: int = 4,
+    opset: int = 18,
+) -> tuple[AdapterManifest, bool]:
+    """Write ``base_folder/adapters/<name>/`` (and the base itself when ``base_folder`` is not one yet).
+    Returns the adapter's manifest and whether the base was created."""
+    source, base_folder = Path(source), Path(base_folder)
+    name = name or source.stem
+    if not ADAPTER_NAME.match(name):
+        raise AdamixError(f"adapter name {name!r}: use 1-64 letters, digits, '.', '_' or '-', starting alnum")
+    target = base_folder / ADAPTERS_FOLDER / name
+    if target.exists() and not overwrite:
+        raise AdamixError(f"{target} exists: pass --overwrite to replace that adapter")
+    merge_method = parse_merge_method(merge_method)
+    started = time.perf_counter()
+    ckpt = detect_and_load(source, base_model)
+    loras = _lora_modules(ckpt.model)
+    created = not (base_folder / MANIFEST_NAME).exists()
+    if created:
+        if base_folder.exists() and any(base_folder.iterdir()):
+            raise AdamixError(f"{base_folder} is not empty and has no {MANIFEST_NAME}: not a base for adapters")
+        write_base(ckpt, loras, base_folder, opset)
+    base = read_manifest(base_folder)
+    _check_base(base, ckpt.config, base_folder)
+    inputs = [AdapterInput(**i) for i in base.adapter_base.inputs]
+    set_routing(ckpt.model, routing_for(merge_method))
+    tensors, ranks = adapter_tensors(ckpt.model, loras, inputs, merge_method)
+    merged = merge_mixture_model(ckpt.model, merge_method)
+    task, config = ckpt.config["task"], ckpt.config
+    samples = parity_inputs(task, verify_file, config, parity_prompts)
+    stages = {"onnx_fp32_adapter": base_folder / ONNX_FILES["fp32"]}
+    with atomic_directory(target) as tmp:
+        write_adapter_file(tmp / ADAPTER_FILE, tensors)
+        if task in SEQUENCE_TASKS:
+            parity = check_classification(ckpt.model, merged, ckpt.tokenizer, stages, samples, set(), tolerance,
+                                          config.get("max_length", 128), adapter=tmp / ADAPTER_FILE)  # fmt: skip
+        else:
+            parity = check_generation(ckpt.model, merged, ckpt.tokenizer, stages, samples, set(), tolerance,
+                                      greedy_steps, adapter=tmp / ADAPTER_FILE)  # fmt: skip
+        mixture = config["mixture"]
+        manifest = AdapterManifest(
+            name=name,
+            task=task,
+            labels=config.get("labels"),
+            prompt_template=config.get("prompt_template"),
+            max_length=config.get("max_length"),
+            mixture=MixtureInfo(
+                **{k: mixture[k] for k in ("method", "experts", "share", "rank", "alpha", "bottleneck")}
+            ),
+            merge_method=merge_method,
+            base_sha256=base.adapter_base.model_sha256,
+            ranks=ranks,
+            parity=parity,
+            source=source_info(ckpt, source),
+            export_seconds=round(time.perf_counter() - started, 1),
+        )
+        (tmp / ADAPTER_MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2))
+    return manifest, created
+
+
+def _lora_modules(model: torch.nn.Module) -> dict[str, MixtureLoRALinear]:
+    if any(isinstance(m, LinearWithAdapter) for m in model.modules()):
+        raise AdamixError(
+            "this checkpoint has bottleneck adapters: only LoRA mixtures can be onnxruntime adapters "
+            "(export it on its own with --output)"
+        )
+    loras = {n: m for n, m in model.named_modules() if isinstance(m, MixtureLoRALinear)}
+    if not loras:
+        raise AdamixError("this checkpoint has no LoRA modules: nothing to export as an adapter")
+    return loras
+
+
+def _weight_out_in(layer: torch.nn.Module) -> np.ndarray:
+    """A linear layer's weight as (out, in): GPT-2's Conv1D stores it (in, out)."""
+    weight = layer.weight.detach().float().numpy()
+    return weight if isinstance(layer, torch.nn.Linear) else weight.T
+
+
+def write_base(ckpt: MixtureCheckpoint, loras: dict[str, MixtureLoRALinear], folder: Path, opset: int) -> None:
+    """The base model of ``ckpt`` (its LoRA layers unadapted, its head kept as the head inputs' template) as a
+    graph whose LoRA targets and head take adapter inputs; written atomically."""
+    started = time.perf_counter()
+    config, task = ckpt.config, ckpt.config["task"]
+    base_model = copy.deepcopy(ckpt.model)
+    for module_name, lora in loras.items():
+        set_submodule(base_model, module_name, copy.deepcopy(lora.base))
+    lora_weights = {n: _weight_out_in(m.base) for n, m in loras.items()}
+    head_names = set(config.get("head") or [])
+    head = {
+        n: p.detach().float().numpy()
+        for n, p in base_model.named_parameters()
+        if task in SEQUENCE_TASKS and (n in head_names or POOLER_PATTERN.search(n))
+    }
+    with atomic_directory(folder) as tmp:
+        raw = tmp / ".raw"
+        raw_onnx = export_onnx(base_model, ckpt.tokenizer, task, raw, opset)
+        hf = base_model.config
+        inputs, fusions = optimize_adapter_base(
+            raw_onnx, tmp / ONNX_FILES["fp32"], hf.model_type, hf.num_attention_heads, hf.hidden_size,
+            lora_weights, head,
+        )  # fmt: skip
+        for item in raw.iterdir():  # config, generation config and tokenizer files from optimum
+            if item.suffix != ".onnx" and not item.name.endswith(".onnx_data"):
+                shutil.move(str(item), tmp / item.name)
+        shutil.rmtree(raw)
+        import onnxruntime
+
+        mixture = config["mixture"]
+        manifest = Manifest(
+            task=task,
+            labels=None,
+            prompt_template=config.get("prompt_template"),
+            max_length=config.get("max_length"),
+            base_model=BaseModelInfo(**config["base_model"]),
+            mixture=MixtureInfo("lora", 1, "none", rank=mixture.get("rank"), alpha=mixture.get("alpha")),
+            parameters=None,
+            merge_method="none",
+            onnx=OnnxInfo(
+                opset, onnxruntime.__version__, {"fp32": ONNX_FILES["fp32"]}, fusions, task == "generation"
+            ),
+            parity={"note": "each adapter's parity is in its adapter_manifest.json"},
+            source=source_info(ckpt, ckpt.folder),
+            export_seconds=round(time.perf_counter() - started, 1),
+            adapter_base=AdapterBaseInfo(
+                inputs=[i.__dict__ for i in inputs], model_sha256=sha256_file(tmp / ONNX_FILES["fp32"])
+            ),
+        )
+        write_manifest(tmp, manifest)
+
+
+def _check_base(base: Manifest, config: dict, folder: Path) -> None:
+    """The checkpoint fits this base: same base model and task family. (Parity then checks the numbers.)"""
+    if base.adapter_base is None:
+        raise AdamixError(
+            f"{folder} is an export folder, not a base for adapters (those are made by --adapter-of)"
+        )
+    task = config["task"]
+    if (task in SEQUENCE_TASKS) != (base.task in SEQUENCE_TASKS):
+        raise AdamixError(f"a {task} checkpoint cannot be an adapter of {folder}, a {base.task} base")
+    mine, theirs = config["base_model"], base.base_model
+    if (mine.get("model_type"), mine.get("architecture")) != (theirs.model_type, theirs.architecture) or (
+        mine.get("name") != theirs.name
+    ):
+        raise AdamixError(
+            f"this checkpoint's base model is {mine.get('name')} ({mine.get('architecture')}); {folder} is a base "
+            f"of {theirs.name} ({theirs.architecture})"
+        )
+
+
+def adapter_tensors(
+    model: torch.nn.Module, loras: dict[str, MixtureLoRALinear], inputs: list[AdapterInput], method: str
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """The merged checkpoint as the base graph's adapter inputs, each in the graph's layout: LoRA ``a`` = A'ᵀ
+    (in x r), ``b`` = (scaling·B')ᵀ (r x out), head tensors as the graph holds them. Returns the tensors and
+    each module's rank. A LoRA module the base has no input for, or a shape it cannot take, is an error."""
+    targets = {i.module for i in inputs if i.kind in (LORA_A, LORA_B)}
+    extra = sorted(set(loras) - targets)
+    if extra:
+        raise AdamixError(f"this checkpoint adapts {extra[0]}, which the base has no LoRA input for "
+                          f"(the base's LoRA modules: {', '.join(sorted(targets)) or 'none'})")  # fmt: skip
+    parameters = dict(model.named_parameters())
+    tensors, ranks = {}, {}
+    for item in inputs:
+        if item.kind in (LORA_A, LORA_B):
+            lora = loras.get(item.module)
+            if lora is None:
+                continue  # the base's empty default: this module unadapted
+            a, b = merged_lora_factors(lora.lora_A.detach(), lora.lora_B.detach(), method)
+            value = a.T if item.kind == LORA_A else (lora.scaling * b).T
+            ranks[item.module] = int(a.shape[0])
+        elif item.kind == HEAD:
+            if item.module not in parameters:
+                raise AdamixError(f"the base takes head tensor {item.module}, which this checkpoint lacks")
+            value = parameters[item.module].detach()
+            value = value.T if item.transposed else value
+        else:
+            raise AdamixError(f"unknown adapter input kind {item.kind!r} in the base manifest")
+        value = np.ascontiguousarray(value.float().numpy(), dtype=np.float32)
+        fixed = [(axis, size) for axis, size in enumerate(item.shape) if isinstance(size, int)]
+        if value.ndim != len(item.shape) or any(value.shape[axis] != size for axis, size in fixed):
+            raise AdamixError(f"{item.name}: this checkpoint's tensor is {list(value.shape)}, the base takes "
+                              f"{item.shape}")  # fmt: skip
+        tensors[item.name] = value
+    return tensors, ranks
+
+
+def write_adapter_file(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """onnxruntime's adapter format (flatbuffers), the tensors under the graph inputs' names."""
+    import onnxruntime as ort
+
+    adapter = ort.AdapterFormat()
+    adapter.set_adapter_version(1)
+    adapter.set_model_version(1)
+    adapter.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in tensors.items()})
+    adapter.export_adapter(str(path))

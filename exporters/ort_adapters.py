@@ -1,0 +1,166 @@
+"""ONNX Runtime LoRA adapters: one base graph whose LoRA and head tensors are graph inputs, and one
+``.onnx_adapter`` file per checkpoint that feeds them (onnxruntime's `AdapterFormat`; chosen per call with
+``RunOptions.add_active_adapter``).
+
+The base graph is the optimised export of the base model (with the first checkpoint's head), rewritten here:
+
+- every LoRA target ``y = x·Wᵀ`` (a MatMul whose weight initializer equals the base layer's Wᵀ) gains the
+  branch ``y + (x·a)·b``, with ``a`` (in x rank) and ``b`` (rank x out, the LoRA scaling folded in) graph
+  inputs. Their defaults are empty (rank 0), so without an adapter the graph is the base model. The branch
+  sits after onnxruntime's fusions, which therefore still apply (BERT-family graphs are fused with
+  `MultiHeadAttention`, which keeps the Q/K/V MatMuls apart, so that the branch can reach them);
+- every head tensor (the classifier, and the pooler where the model has one) becomes an input in place of its
+  initializer, with an empty label axis by default: without an adapter a classifier returns no logits.
+
+Each input's rank (and a classifier's label count) is a symbolic axis, so adapters of different ranks and
+label sets share one base. The weights are found by value, not by name: the exporter and optimiser rename and
+transpose initializers, but they do not change their values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from adamix_deploy.errors import AdamixError
+
+LORA_A, LORA_B, HEAD = "lora_a", "lora_b", "head"
+
+
+@dataclass(frozen=True)
+class AdapterInput:
+    """One graph input an adapter feeds: its name, what it is, the module it belongs to, and its layout."""
+
+    name: str
+    kind: str  # LORA_A | LORA_B | HEAD
+    module: str  # the PyTorch module (LoRA) or parameter (head) name
+    shape: list  # ints and symbolic axis names
+    transposed: bool = False  # head tensors: the graph holds the parameter transposed
+
+
+def _value_index(graph: onnx.GraphProto) -> dict[tuple, list[onnx.TensorProto]]:
+    by_shape: dict[tuple, list[onnx.TensorProto]] = {}
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT:
+            by_shape.setdefault(tuple(init.dims), []).append(init)
+    return by_shape
+
+
+def _find(by_shape: dict, value: np.ndarray, what: str) -> tuple[onnx.TensorProto, bool]:
+    """The one float initializer equal to ``value`` (as it is, or transposed): (initializer, transposed)."""
+    found = []
+    for transposed, candidate in ((False, value), (True, value.T)):
+        if transposed and value.ndim != 2:
+            continue
+        for init in by_shape.get(tuple(candidate.shape), []):
+            if np.array_equal(numpy_helper.to_array(init), candidate):
+                found.append((init, transposed))
+    if len(found) != 1:
+        raise AdamixError(
+            f"cannot place the adapter input for {what}: {len(found)} initializers of the optimised graph hold "
+            "its value (expected exactly one)"
+        )
+    return found[0]
+
+
+def add_adapter_inputs(
+    model: onnx.ModelProto, lora_weights: dict[str, np.ndarray], head: dict[str, np.ndarray]
+) -> list[AdapterInput]:
+    """Rewrite ``model`` in place (see the module docstring). ``lora_weights``: LoRA module name -> its base
+    layer's weight (out x in, as PyTorch holds it); ``head``: parameter name -> value. Returns the inputs."""
+    graph = model.graph
+    by_shape = _value_index(graph)
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    inputs: list[AdapterInput] = []
+    branch_nodes: list[onnx.NodeProto] = []
+    for index, (module, weight) in enumerate(sorted(lora_weights.items())):
+        init, transposed = _find(by_shape, weight, f"LoRA module {module}")
+        matmuls = [n for n in consumers.get(init.name, []) if n.op_type == "MatMul" and n.input[1] == init.name]
+        if not transposed or len(matmuls) != 1:  # a MatMul holds x·Wᵀ: the weight transposed, as its input 1
+            raise AdamixError(
+                f"cannot place the adapter input for LoRA module {module}: its weight is not a MatMul's"
+            )
+        matmul = matmuls[0]
+        d_out, d_in = weight.shape
+        rank = f"rank_{index}"
+        a, b = (
+            AdapterInput(f"{module}.lora_a", LORA_A, module, [d_in, rank]),
+            AdapterInput(f"{module}.lora_b", LORA_B, module, [rank, d_out]),
+        )
+        _add_input(graph, a.name, a.shape, np.zeros((d_in, 0), np.float32))
+        _add_input(graph, b.name, b.shape, np.zeros((0, d_out), np.float32))
+        out = matmul.output[0]
+        base_out = f"{out}/base"
+        matmul.output[0] = base_out
+        branch_nodes += [
+            helper.make_node("MatMul", [matmul.input[0], a.name], [f"{out}/xa"], name=f"{module}/lora_xa"),
+            helper.make_node("MatMul", [f"{out}/xa", b.name], [f"{out}/xab"], name=f"{module}/lora_xab"),
+            helper.make_node("Add", [base_out, f"{out}/xab"], [out], name=f"{module}/lora_add"),
+        ]
+        inputs += [a, b]
+    for name, value in sorted(head.items()):
+        init, transposed = _find(by_shape, value, f"head parameter {name}")
+        shape = list(init.dims)
+        label_axis = _label_axis(name, value, transposed)
+        default_shape = list(shape)
+        if label_axis is not None:
+            shape[label_axis] = "labels"
+            default_shape[label_axis] = 0
+        graph.initializer.remove(init)
+        _add_input(graph, name, shape, np.zeros(default_shape, np.float32), rename=(init.name, consumers))
+        inputs.append(AdapterInput(name, HEAD, name, shape, transposed))
+    graph.node.extend(branch_nodes)
+    _sort_topologically(graph)
+    # the optimiser's inferred shapes know one label count; onnxruntime infers them again from the inputs
+    del graph.value_info[:]
+    if any(i.kind == HEAD for i in inputs):
+        for output in graph.output:
+            dims = output.type.tensor_type.shape.dim
+            if output.name == "logits" and len(dims) == 2:
+                dims[1].dim_param = "labels"
+    return inputs
+
+
+def _label_axis(name: str, value: np.ndarray, transposed: bool) -> int | None:
+    """The axis that counts labels in the graph's layout: the classifier's output features."""
+    if "pooler" in name:
+        return None
+    if value.ndim == 1:
+        return 0
+    return 1 if transposed else 0
+
+
+def _add_input(graph, name: str, shape: list, default: np.ndarray, rename=None) -> None:
+    graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    graph.initializer.append(numpy_helper.from_array(default, name))
+    if rename:
+        old, consumers = rename
+        for node in consumers.get(old, []):
+            for i, used in enumerate(node.input):
+                if used == old:
+                    node.input[i] = name
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    """ONNX requires producers before consumers; the branches were appended at the end."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        left = []
+        for node in pending:
+            if all(name in ready for name in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                left.append(node)
+        if len(left) == len(pending):
+            raise AdamixError("the rewritten graph has a cycle or an unknown input")
+        pending = left
+    del graph.node[:]
+    graph.node.extend(ordered)

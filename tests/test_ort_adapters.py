@@ -1,0 +1,143 @@
+"""onnxruntime LoRA adapters of one shared base graph (`adamix-export --adapter-of`): the merge as LoRA factors,
+the base graph's inputs, each adapter equal to its own folded export, the base never rewritten, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_export import make_checkpoint, run
+
+from adamix_deploy.config import MixtureSpec
+from adamix_deploy.exporters.adapter_export import export_adapter
+from adamix_deploy.exporters.export_folder import (
+    ADAPTER_FILE,
+    ADAPTERS_FOLDER,
+    read_adapter_manifest,
+    read_manifest,
+    sha256_file,
+)
+from adamix_deploy.exporters.onnx_loops import ActiveAdapter, classify_logits, greedy_generate, open_session
+from adamix_deploy.exporters.pipeline import export_checkpoint
+from adamix_deploy.merge import merged_lora_delta, merged_lora_factors
+
+
+@pytest.mark.parametrize("method", ["average", "delta-average", "expert:1"])
+@pytest.mark.parametrize("sides", [(3, 3), (3, 1), (1, 3)], ids=["none-shared", "B-shared", "A-shared"])
+def test_merged_lora_factors_multiply_to_the_merged_delta(method, sides):
+    torch.manual_seed(0)
+    lora_a, lora_b = torch.randn(sides[0], 4, 10), torch.randn(sides[1], 6, 4)
+    a, b = merged_lora_factors(lora_a, lora_b, method)
+    torch.testing.assert_close(b @ a, merged_lora_delta(lora_a, lora_b, method), rtol=1e-5, atol=1e-5)
+    both_sides_mixed = method == "delta-average" and min(sides) > 1
+    assert a.shape[0] == (4 * 3 if both_sides_mixed else 4)
+
+
+def _batch(folder, texts):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_padding()
+    encoded = tokenizer.encode_batch(texts)
+    return {
+        "input_ids": np.array([e.ids for e in encoded]),
+        "attention_mask": np.array([e.attention_mask for e in encoded]),
+        "token_type_ids": np.array([e.type_ids for e in encoded]),
+    }
+
+
+TEXTS = ["a fine and warm film", "dull , slow and long", "not bad at all"]
+
+
+def test_classifiers_of_different_ranks_and_labels_share_one_base_and_match_their_folded_exports(
+    tiny_bert, tmp_path
+):
+    specs = {
+        "sentiment": (MixtureSpec("lora", experts=3, share="up", rank=4), ("negative", "positive")),
+        "topics": (MixtureSpec("lora", experts=2, share="none", rank=2), ("a", "b", "c")),
+    }
+    base = tmp_path / "base"
+    for index, (name, (spec, labels)) in enumerate(specs.items()):
+        ckpt = make_checkpoint(tiny_bert, "classification", spec, tmp_path / f"{name}-ckpt", labels=labels)
+        if index == 1:
+            before = sha256_file(base / "model.onnx"), (base / "adamix_manifest.json").read_text()
+        method = "delta-average" if name == "topics" else "average"
+        manifest, created = export_adapter(ckpt, base, name=name, merge_method=method)
+        assert created == (index == 0)
+        assert (
+            manifest.labels == list(labels)
+            and manifest.base_sha256 == read_manifest(base).adapter_base.model_sha256
+        )
+        stage = manifest.parity["stages"]["onnx_fp32_adapter"]
+        assert stage["max_abs_logit_diff"] <= 1e-4 and stage["top1_agreement"] == 1.0
+        export_checkpoint(ckpt, tmp_path / f"{name}-folded", merge_method=method)
+    # adding the second adapter did not touch the base
+    assert (sha256_file(base / "model.onnx"), (base / "adamix_manifest.json").read_text()) == before
+    assert read_adapter_manifest(base / ADAPTERS_FOLDER / "topics").ranks  # delta-average of 2x2 experts: rank 4
+    assert set(read_adapter_manifest(base / ADAPTERS_FOLDER / "topics").ranks.values()) == {4}
+
+    session = open_session(base / "model.onnx")
+    batch = _batch(base, TEXTS)
+    for name, (_, labels) in specs.items():
+        active = ActiveAdapter(base / ADAPTERS_FOLDER / name / ADAPTER_FILE)
+        logits = classify_logits(session, batch, active.run_options)
+        folded = classify_logits(open_session(tmp_path / f"{name}-folded" / "model.onnx"), batch)
+        assert logits.shape == (len(TEXTS), len(labels))
+        np.testing.assert_allclose(logits, folded, atol=1e-4)
+    assert classify_logits(session, batch).shape == (len(TEXTS), 0)  # no adapter: the base has no task
+
+
+def test_a_generation_adapter_decodes_exactly_like_its_folded_export(tiny_llama, tmp_path):
+    ckpt = make_checkpoint(tiny_llama, "generation", MixtureSpec("lora", experts=2, share="none", rank=4),
+                           tmp_path / "ckpt")  # fmt: skip
+    manifest, _ = export_adapter(ckpt, tmp_path / "base", name="restaurants", greedy_steps=6)
+    assert manifest.parity["stages"]["onnx_fp32_adapter"]["greedy_tokens_identical"] == 1.0
+    export_checkpoint(ckpt, tmp_path / "folded", greedy_steps=4)
+    base_session, folded = (
+        open_session(tmp_path / "base" / "model.onnx"),
+        open_session(tmp_path / "folded/model.onnx"),
+    )
+    active = ActiveAdapter(tmp_path / "base" / ADAPTERS_FOLDER / "restaurants" / ADAPTER_FILE)
+    prompt = [5, 9, 14, 3]
+    tokens, first = greedy_generate(base_session, prompt, 8, None, active.run_options)
+    tokens_folded, first_folded = greedy_generate(folded, prompt, 8, None)
+    assert tokens == tokens_folded
+    np.testing.assert_allclose(first, first_folded, atol=1e-4)
+    unadapted, _ = greedy_generate(base_session, prompt, 8, None)
+    assert unadapted != tokens  # the adapter changes the model: without it the base model decodes
+
+
+def test_bad_adapter_exports_get_one_line_and_leave_the_base_alone(tiny_bert, tiny_llama, tmp_path):
+    def lora():  # fresh each time: injection records its modules in the spec
+        return MixtureSpec("lora", experts=2, share="none", rank=4)
+
+    ckpt = make_checkpoint(tiny_bert, "classification", lora(), tmp_path / "ckpt")
+    base = tmp_path / "base"
+    assert run("--merge", ckpt, "--adapter-of", base, "--adapter-name", "one").returncode == 0
+    digest = sha256_file(base / "model.onnx")
+    export_checkpoint(ckpt, tmp_path / "folded")
+    adapter_ckpt = make_checkpoint(tiny_bert, "classification", MixtureSpec("adapter", experts=2, bottleneck=8),
+                                   tmp_path / "bottleneck")  # fmt: skip
+    llama = make_checkpoint(tiny_llama, "generation", lora(), tmp_path / "llama")
+    other_targets = make_checkpoint(tiny_bert, "classification", MixtureSpec("lora", experts=2, rank=4,
+                                    targets=("key",)), tmp_path / "key")  # fmt: skip
+    cases = [
+        (("--merge", ckpt, "--adapter-of", base, "--adapter-name", "one"), "exists: pass --overwrite"),
+        (("--merge", ckpt, "--adapter-of", base, "--adapter-name", "../escape"), "adapter name"),
+        (("--merge", ckpt, "--adapter-of", tmp_path / "folded"), "not a base for adapters"),
+        (("--merge", adapter_ckpt, "--adapter-of", base), "only LoRA mixtures"),
+        (("--merge", llama, "--adapter-of", base), "cannot be an adapter of"),
+        (("--merge", other_targets, "--adapter-of", base), "no LoRA input for"),
+        (("--merge", ckpt, "--adapter-of", base, "--quantize", "int8"), "does not apply to --adapter-of"),
+        (("--merge", ckpt, "--adapter-of", base, "--output", tmp_path / "x"), "either --output"),
+        (("--merge", ckpt), "either --output"),
+    ]
+    for args, message in cases:
+        result = run(*args)
+        assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert sha256_file(base / "model.onnx") == digest
+    assert sorted(p.name for p in (base / ADAPTERS_FOLDER).iterdir()) == ["one"]
+    assert json.loads((base / ADAPTERS_FOLDER / "one" / "adapter_manifest.json").read_text())["name"] == "one"
