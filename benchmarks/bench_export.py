@@ -8,8 +8,9 @@ MiniLM-L6 classifier, sequence length 128 (padded), batch 1 and 8: base model ON
 merged-LoRA ONNX vs merged-adapter ONNX vs ONNX int8, and PyTorch unmerged mixture vs PyTorch merged.
 SmolLM2-135M greedy tokens/s: base ONNX vs merged-LoRA ONNX fp32 / weight-only int8 / int4 (our KV-cache loop)
 vs PyTorch generate.
-Every backend is timed in its own process (torch and onnxruntime thread pools fight over the cores);
-each figure is the median of the repeats; ratios compare figures from the same run.
+Every backend is timed in its own process (torch and onnxruntime thread pools fight over the cores), ROUNDS
+rounds in alternation; each figure is the median over the rounds of each process's median of its repeats;
+ratios compare figures from the same run.
 """
 
 from __future__ import annotations
@@ -159,9 +160,11 @@ def time_one(args) -> None:
     print(json.dumps({"median_ms": statistics.median(runs), "runs_ms": runs}))
 
 
+ROUNDS = 3  # every case once per round, in the same order; a case's figure is the median over the rounds
+
+
 def measure() -> None:
-    rows = []
-    cases = [
+    classifier_cases = [
         ("base ONNX fp32", "onnx", "cls-head.onnx", "model.onnx"),
         ("merged-LoRA ONNX fp32", "onnx", "cls-lora.onnx", "model.onnx"),
         ("merged-adapter ONNX fp32", "onnx", "cls-adapter.onnx", "model.onnx"),
@@ -169,25 +172,50 @@ def measure() -> None:
         ("unmerged mixture PyTorch", "torch-mixture", "cls-lora", ""),
         ("merged-LoRA PyTorch", "torch-merged", "cls-lora", ""),
     ]
-    for batch in (1, 8):
-        for label, backend, folder, file in cases:
-            out = sh(__file__, "time", "--backend", backend, "--model", str(WORK / folder), "--file", file,
-                     "--batch", str(batch), "--repeats", "30" if batch == 1 else "15")  # fmt: skip
-            rows.append({"case": label, "batch": batch, "seq": 128, **json.loads(out)})
-            print(json.dumps(rows[-1] | {"runs_ms": None}), flush=True)
-    for label, backend, folder, file in [
+    generation_cases = [
         ("base ONNX fp32 (KV cache)", "onnx", "gen-base.onnx", "model.onnx"),
         ("merged-LoRA ONNX fp32 (KV cache)", "onnx", "gen-lora.onnx", "model.onnx"),
         ("merged-LoRA ONNX int8 weight-only (KV cache)", "onnx", "gen-lora.onnx", "model_int8.onnx"),
         ("merged-LoRA ONNX int4 weight-only (KV cache)", "onnx", "gen-lora.onnx", "model_int4.onnx"),
         ("unmerged mixture PyTorch generate", "torch-mixture", "gen-lora", ""),
         ("merged-LoRA PyTorch generate", "torch-merged", "gen-lora", ""),
-    ]:
-        out = sh(__file__, "time", "--backend", backend, "--model", str(WORK / folder), "--file", file, "--task",
-                 "generation", "--tokens", "32", "--repeats", "5", "--warmup", "1")  # fmt: skip
-        result = json.loads(out)
-        rows.append({"case": label, "tokens": 32, "tokens_per_s": 32 / (result["median_ms"] / 1000), **result})
-        print(json.dumps(rows[-1] | {"runs_ms": None}), flush=True)
+    ]
+    medians: dict[tuple, list[float]] = {}
+    for _ in range(ROUNDS):
+        for batch in (1, 8):
+            for label, backend, folder, file in classifier_cases:
+                out = sh(__file__, "time", "--backend", backend, "--model", str(WORK / folder), "--file", file,
+                         "--batch", str(batch), "--repeats", "30" if batch == 1 else "15")  # fmt: skip
+                medians.setdefault((label, batch), []).append(json.loads(out)["median_ms"])
+        for label, backend, folder, file in generation_cases:
+            out = sh(__file__, "time", "--backend", backend, "--model", str(WORK / folder), "--file", file, "--task",
+                     "generation", "--tokens", "32", "--repeats", "5", "--warmup", "1")  # fmt: skip
+            medians.setdefault((label, "gen"), []).append(json.loads(out)["median_ms"])
+    rows = []
+    for batch in (1, 8):
+        for label, *_ in classifier_cases:
+            runs = medians[(label, batch)]
+            rows.append(
+                {
+                    "case": label,
+                    "batch": batch,
+                    "seq": 128,
+                    "median_ms": statistics.median(runs),
+                    "rounds_ms": runs,
+                }
+            )
+    for label, *_ in generation_cases:
+        runs = medians[(label, "gen")]
+        median = statistics.median(runs)
+        rows.append(
+            {
+                "case": label,
+                "tokens": 32,
+                "tokens_per_s": 32 / (median / 1000),
+                "median_ms": median,
+                "rounds_ms": runs,
+            }
+        )
     sizes = {p.parent.name + "/" + p.name: p.stat().st_size for p in sorted(WORK.glob("*.onnx/*.onnx"))}
     accuracy = int8_accuracy()
     (RESULTS / "export.json").write_text(json.dumps({"latency": rows, "sizes": sizes, "int8": accuracy}, indent=1))

@@ -70,6 +70,11 @@ def model_card_markdown(card: dict) -> str:
         f"| Model | **{card['id']}** ({card['task']}) |",
         "|---|---|",
         f"| Base model | {card.get('base_model') or 'unknown'} |",
+        *(
+            [f"| Adapter of | {card['parent']} (an onnxruntime LoRA adapter on its shared graph) |"]
+            if card.get("parent")
+            else []
+        ),
         f"| Method | {method} mixture (AdaMix) |",
         f"| Experts | {card.get('experts') if card.get('experts') is not None else 'unknown'} |",
         f"| Merge method | {card.get('merge_method') or 'unknown'} |",

@@ -25,7 +25,7 @@ class InProcessBackend:
         models = check_folders([str(f) for f in folders], precision)  # one clear error for a broken folder
         settings = ServerSettings(threads=threads, gpu=gpu)
         metrics = ServerMetrics()
-        self._runtimes = {m.name: ModelRuntime(m, settings, metrics) for m in models}
+        self._runtimes = {m.name: ModelRuntime(m, settings, metrics) for m in models if not m.is_adapter_base}
         self._lock: asyncio.Lock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.description = "in-process: ONNX Runtime in this process, no server"

@@ -218,6 +218,16 @@ class AdapterManifest:
             raise ExportFolderError(f"{where}: {ADAPTER_MANIFEST_NAME} has a malformed field: {e}") from None
 
 
+def adapter_view(base: Manifest, adapter: AdapterManifest) -> Manifest:
+    """The manifest an adapter is served under: its base's graph and files, its own task, labels, merge, parity
+    and source."""
+    return replace(
+        base, task=adapter.task, labels=adapter.labels, prompt_template=adapter.prompt_template,
+        max_length=adapter.max_length, mixture=adapter.mixture, parameters=None, merge_method=adapter.merge_method,
+        parity=adapter.parity, source=adapter.source, export_seconds=adapter.export_seconds, validation=None,
+    )  # fmt: skip
+
+
 def read_adapter_manifest(folder: str | Path) -> AdapterManifest:
     """The typed manifest of one adapter folder (``<base>/adapters/<name>``). Raises `ExportFolderError`."""
     folder = Path(folder)

@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
 
-from adamix_deploy.serving import routes_kserve, routes_native, routes_openai, routes_probes
+from adamix_deploy.serving import routes_adapters, routes_kserve, routes_native, routes_openai, routes_probes
 from adamix_deploy.serving.auth import require_api_key
 from adamix_deploy.serving.batching import BatcherFactory, ClassificationBatcher
 from adamix_deploy.serving.error_handlers import install_error_handlers
@@ -34,11 +34,14 @@ def create_app(
     load_on_startup: bool = True,
 ) -> FastAPI:
     """The app for these models. Handlers find what they need on `app.state`: `runtimes` (name to
-    `ModelRuntime`), `metrics`, `settings` and `load_errors` (empty unless loading failed).
+    `ModelRuntime`), `adapter_bases` (name to the base `ServedModel` of onnxruntime adapters), `metrics`,
+    `settings` and `load_errors` (empty unless loading failed).
     ``load_on_startup=False`` leaves loading to the caller (`start_models`): a Ray Serve replica loads before it
     takes traffic. ``make_batcher`` builds each classification model's scheduler."""
     metrics = ServerMetrics()
-    runtimes = {m.name: ModelRuntime(m, settings, metrics, make_batcher) for m in models}
+    runtimes = {m.name: ModelRuntime(m, settings, metrics, make_batcher) for m in models if not m.is_adapter_base}
+    # bases of onnxruntime LoRA adapters: POST /v1/adapters adds adapters to them at run time
+    adapter_bases = {m.name: m for m in models if m.is_adapter_base}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,6 +61,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtimes = runtimes
+    app.state.adapter_bases = adapter_bases
+    app.state.adapter_lock = asyncio.Lock()
+    app.state.make_batcher = make_batcher
     app.state.metrics = metrics
     app.state.settings = settings
     app.state.load_errors = []
@@ -71,6 +77,7 @@ def create_app(
     )
     app.include_router(routes_native.router, **guarded)
     app.include_router(routes_openai.router, **guarded)
+    app.include_router(routes_adapters.router, **guarded)
     # KServe v2: the health routes stay open like the probes; the rest is guarded like the native routes, with
     # the 401 documented in the protocol's error shape, which KServeErrorShape gives every error on /v2 routes
     app.include_router(routes_kserve.health_router)

@@ -67,9 +67,13 @@ class GenerationEngine:
         name: str = "model",
         on_step: Callable[[int], None] | None = None,
         on_tokens: Callable[[int], None] | None = None,
+        run_options: ort.RunOptions | None = None,
     ):
+        """``run_options``: an onnxruntime LoRA adapter's. Every row of this engine runs with it: adapters
+        sharing one base graph each have their own engine, so a step never mixes two adapters' rows."""
         inputs = {i.name: i for i in session.get_inputs()}
         self.session = session
+        self.run_options = run_options
         self.tokenizer = tokenizer
         self.eos = eos_token_ids
         self.can_pad = "attention_mask" in inputs and "position_ids" in inputs
@@ -144,7 +148,7 @@ class GenerationEngine:
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {k: v for k, v in feed.items() if k in self._inputs}
-        return dict(zip(self._outputs, self.session.run(self._outputs, feed), strict=True))
+        return dict(zip(self._outputs, self.session.run(self._outputs, feed, self.run_options), strict=True))
 
     def _admit(self, job: GenerationJob) -> None:
         if job.cancelled.is_set():

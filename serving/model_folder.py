@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnxruntime as ort
@@ -20,6 +21,8 @@ from tokenizers import Tokenizer
 
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import (
+    ADAPTER_FILE,
+    ADAPTERS_FOLDER,
     CHAT_TEMPLATE_FILE,
     GENERATION_CONFIG_FILE,
     MODEL_CONFIG_FILE,
@@ -28,13 +31,16 @@ from adamix_deploy.exporters.export_folder import (
     TOKENIZER_FILE,
     ExportFolderError,
     Manifest,
+    adapter_view,
+    read_adapter_manifest,
     read_json_object,
     read_manifest,
 )
-from adamix_deploy.exporters.onnx_loops import classify_logits, greedy_generate, open_session
+from adamix_deploy.exporters.onnx_loops import ActiveAdapter, classify_logits, greedy_generate, open_session
 from adamix_deploy.serving.text import encode_for_classification, pad_batch
 
 log = logging.getLogger("adamix.serve")
+_BASE_LOAD = threading.Lock()  # adapters loading at once open their shared base graph once
 
 
 class ModelFolderError(AdamixError):
@@ -58,6 +64,19 @@ class ServedModel:
     session: ort.InferenceSession | None = None
     providers: list[str] = field(default_factory=list)
     load_seconds: float | None = None
+    # an onnxruntime LoRA adapter of a base folder: it runs the base's session with its adapter active
+    base: ServedModel | None = None
+    adapter_file: Path | None = None
+    active_adapter: ActiveAdapter | None = None
+
+    @property
+    def is_adapter_base(self) -> bool:
+        """A base graph for adapters: not served itself (a classifier base has no head), its adapters are."""
+        return self.manifest.adapter_base is not None and self.base is None
+
+    @property
+    def run_options(self) -> ort.RunOptions | None:
+        return self.active_adapter.run_options if self.active_adapter else None
 
     @property
     def task(self) -> str:
@@ -72,8 +91,22 @@ class ServedModel:
         return self.manifest.prompt_template
 
     def load(self, threads: int | None, gpu: bool) -> None:
-        """Open the session (CUDA first when asked, CPU fallback) and run one warm-up call."""
+        """Open the session (CUDA first when asked, CPU fallback) and run one warm-up call. An adapter opens its
+        base's session (once for all its adapters) and loads its adapter file."""
         start = time.perf_counter()
+        if self.base is not None:
+            with _BASE_LOAD:
+                if self.base.session is None:
+                    self.base.load(threads, gpu)
+            self.session, self.providers = self.base.session, self.base.providers
+            try:
+                self.active_adapter = ActiveAdapter(self.adapter_file)
+            except Exception as e:  # onnxruntime's own types; its message is what the user needs
+                raise ModelFolderError(f"{self.path}: {ADAPTER_FILE} does not load in onnxruntime: {e}") from e
+            self._warm_up()
+            self.load_seconds = round(time.perf_counter() - start, 3)
+            log.info("%s: adapter of %s loaded in %.2f s", self.name, self.base.name, self.load_seconds)
+            return
         providers = ["CPUExecutionProvider"]
         if gpu:
             if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -97,15 +130,16 @@ class ServedModel:
             items = encode_for_classification(
                 self.tokenizer, self.truncating_tokenizer, ["warm up"], self.max_tokens, True
             )
-            logits = classify_logits(self.session, pad_batch(items, self.pad_token_id))
+            logits = classify_logits(self.session, pad_batch(items, self.pad_token_id), self.run_options)
             expected = len(self.labels) if self.task == "classification" else 1
-            if logits.shape[-1] != expected:
+            if logits.shape[-1] != expected and not self.is_adapter_base:
                 raise ModelFolderError(
                     f"{self.path}: the model has {logits.shape[-1]} outputs but a {self.task} manifest with "
                     f"{len(self.labels)} labels needs {expected}"
                 )
         else:
-            greedy_generate(self.session, self.tokenizer.encode("warm up").ids or [self.pad_token_id], 2, None)
+            prompt = self.tokenizer.encode("warm up").ids or [self.pad_token_id]
+            greedy_generate(self.session, prompt, 2, None, self.run_options)
 
     def public_card(self) -> dict:
         """What ``GET /v1/models`` says about this model: taken from the manifest, never recomputed."""
@@ -127,6 +161,7 @@ class ServedModel:
             "max_tokens": self.max_tokens,
             "providers": self.providers,
             "ready": self.session is not None,
+            "parent": self.base.name if self.base else None,  # an adapter's base (as vLLM lists LoRA modules)
         }
 
 
@@ -182,6 +217,69 @@ def read_model_folder(path: str | Path, precision: str = "fp32", name: str | Non
         chat_template=chat_template if isinstance(chat_template, str) else None,
         special_tokens=specials,
     )
+
+
+def read_adapter_folders(base: ServedModel) -> list[ServedModel]:
+    """Every adapter under ``base``'s ``adapters/`` folder, checked (`read_adapter`), in name order."""
+    folder = base.path / ADAPTERS_FOLDER
+    return [read_adapter(base, f) for f in sorted(folder.iterdir()) if f.is_dir()] if folder.is_dir() else []
+
+
+def read_adapter(base: ServedModel, folder: str | Path, name: str | None = None) -> ServedModel:
+    """An adapter folder (``adapters/<name>/`` of ``base``, or one anywhere on the server), checked against
+    its base before anything loads: made for this base graph, a task it can serve, and an adapter file whose
+    tensors are the base's inputs with shapes it takes. Raises `ModelFolderError`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ModelFolderError(f"{folder}: not a folder")
+    try:
+        adapter = read_adapter_manifest(folder)
+    except ExportFolderError as e:
+        raise ModelFolderError(str(e)) from None
+    info = base.manifest.adapter_base
+    if adapter.base_sha256 != info.model_sha256:
+        raise ModelFolderError(f"{folder}: this adapter was made for another base graph, not {base.name}'s")
+    if (adapter.task in SEQUENCE_TASKS) != (base.task in SEQUENCE_TASKS):
+        raise ModelFolderError(f"{folder}: a {adapter.task} adapter cannot run on {base.name}, a {base.task} base")
+    _check_adapter_tensors(folder, info.inputs, adapter.task, adapter.labels)
+    return replace(
+        base, name=name or adapter.name, path=folder, manifest=adapter_view(base.manifest, adapter), session=None,
+        providers=[], load_seconds=None, base=base, adapter_file=folder / ADAPTER_FILE, active_adapter=None,
+    )  # fmt: skip
+
+
+def _check_adapter_tensors(folder: Path, inputs: list[dict], task: str, labels: list[str] | None) -> None:
+    """The adapter file reads, every tensor is a base input of a shape it takes, LoRA pairs share a rank, and a
+    classifier head has one output per label."""
+    try:
+        tensors = {
+            k: v.numpy()
+            for k, v in ort.AdapterFormat.read_adapter(str(folder / ADAPTER_FILE)).get_parameters().items()
+        }
+    except Exception as e:  # a missing, truncated or foreign file
+        raise ModelFolderError(f"{folder}: {ADAPTER_FILE} does not read as an onnxruntime adapter: {e}") from None
+    by_name = {i["name"]: i for i in inputs}
+    unknown = sorted(set(tensors) - set(by_name))
+    if unknown:
+        raise ModelFolderError(
+            f"{folder}: {ADAPTER_FILE} has tensor {unknown[0]!r}, which the base graph does not take"
+        )
+    axes: dict[str, int] = {}
+    for name, value in tensors.items():
+        shape = by_name[name]["shape"]
+        if value.ndim != len(shape):
+            raise ModelFolderError(f"{folder}: {name} is {list(value.shape)}, the base takes {shape}")
+        for size, want in zip(value.shape, shape, strict=True):
+            if isinstance(want, int) and size != want:
+                raise ModelFolderError(f"{folder}: {name} is {list(value.shape)}, the base takes {shape}")
+            if isinstance(want, str) and axes.setdefault(want, size) != size:
+                raise ModelFolderError(f"{folder}: {name} is {list(value.shape)}: its {want} axis differs from "
+                                       f"the other tensors' ({axes[want]})")  # fmt: skip
+    outputs = len(labels or []) if task == "classification" else 1
+    if task in SEQUENCE_TASKS and axes.get("labels", outputs) != outputs:
+        raise ModelFolderError(
+            f"{folder}: the adapter's head has {axes['labels']} outputs, its task needs {outputs}"
+        )
 
 
 def _read_json(folder: Path, name: str) -> dict:

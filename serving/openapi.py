@@ -14,6 +14,7 @@ from adamix_deploy.serving.runtime import ModelRuntime, ServerSettings
 _ERROR_STATUSES = {
     401: "Missing or wrong API key (only when the server has keys).",
     404: "No model of that name.",
+    409: "A model of that name is already served.",
     413: "Request body over the size limit.",
     422: "Malformed JSON, wrong types, or over a limit (inputs, tokens, max_new_tokens).",
     429: "The model's queue is full; see Retry-After.",
@@ -43,6 +44,8 @@ def openapi_with_model_names(app: FastAPI, runtimes: dict[str, ModelRuntime], se
         "any": list(runtimes),
     }
     for path, operations in schema["paths"].items():
+        if not path.startswith(("/v1/models/", "/v2/")):  # e.g. /v1/adapters/{name}: not only served names
+            continue
         # KServe v2 infers with classification and regression models only; its metadata and ready routes
         # describe every served model
         if path.endswith(("/classify", "/infer")):

@@ -39,8 +39,10 @@ class ServeBatcher:
         max_queue: int,
         name: str = "model",
         on_batch: Callable[[int, float], None] | None = None,
+        run_options: ort.RunOptions | None = None,
     ):
         self.session = session
+        self.run_options = run_options
         self.pad_token_id = pad_token_id
         self.max_queue = max_queue
         self.on_batch = on_batch or (lambda size, seconds: None)
@@ -86,7 +88,7 @@ class ServeBatcher:
         loop = asyncio.get_running_loop()
         try:
             logits = await loop.run_in_executor(
-                self._executor, run_length_sorted, self.session, self.pad_token_id, items
+                self._executor, run_length_sorted, self.session, self.pad_token_id, items, self.run_options
             )
         finally:
             self._model_free.set()

@@ -54,6 +54,9 @@ class ModelRuntime:
         self.make_batcher = make_batcher
         self.batcher: Batcher | None = None
         self.engine: GenerationEngine | None = None
+        self._in_flight = 0  # requests inside classify / generate: an unloaded adapter lets them finish
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     @property
     def name(self) -> str:
@@ -70,17 +73,37 @@ class ModelRuntime:
         if m.task in SEQUENCE_TASKS:
             self.batcher = self.make_batcher(
                 m.session, m.pad_token_id, s.max_batch_size, s.max_batch_wait_ms, s.max_queue, name,
-                on_batch=self._record_batch,
+                on_batch=self._record_batch, run_options=m.run_options,
             )  # fmt: skip
             self.batcher.start()
         else:
             self.engine = GenerationEngine(
                 m.session, m.tokenizer, m.eos_token_ids, s.max_generation_batch, s.max_queue, name,
                 on_step=self.metrics.batch_size.labels(name).observe,
-                on_tokens=self.metrics.generated_tokens.labels(name).inc,
+                on_tokens=self.metrics.generated_tokens.labels(name).inc, run_options=m.run_options,
             )  # fmt: skip
             self.engine.start()
         self.metrics.queue_depth.labels(name).set_function(lambda: self.queue_depth)
+
+    async def drain_and_stop(self, timeout_s: float) -> bool:
+        """Stop once the requests already inside have finished (at most ``timeout_s``); the caller has stopped
+        routing new ones here. Returns whether they all finished."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            drained = True
+        except asyncio.TimeoutError:  # Python 3.10's wait_for raises this, not the builtin
+            drained = False
+        await self.stop()
+        return drained
+
+    def _enter(self) -> None:
+        self._in_flight += 1
+        self._idle.clear()
+
+    def _leave(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
     async def stop(self) -> None:
         if self.batcher:
@@ -116,15 +139,22 @@ class ModelRuntime:
             items = encode_for_classification(m.tokenizer, m.truncating_tokenizer, inputs, m.max_tokens, truncate)
         except InputTooLong as e:
             raise ServeError(422, str(e)) from None
+        self._enter()
         try:
             logits = await self.batcher.classify(items, self.settings.request_timeout_s)
         except QueueFull:
             raise queue_full(self.name) from None
         except asyncio.TimeoutError:  # Python 3.10's wait_for raises this, not the builtin
             raise timed_out(self.name, self.settings.request_timeout_s) from None
+        finally:
+            self._leave()
         tokens = sum(len(item.ids) for item in items)
+        return self._results(logits), tokens
+
+    def _results(self, logits) -> list[Classification]:
+        m = self.model
         if m.task == "regression":
-            return [Classification(score=float(row[0])) for row in logits], tokens
+            return [Classification(score=float(row[0])) for row in logits]
         labels = m.labels
         results = []
         for row in softmax(logits.astype("float64")):
@@ -133,7 +163,7 @@ class ModelRuntime:
                     labels[int(row.argmax())], {label: float(p) for label, p in zip(labels, row, strict=True)}
                 )
             )
-        return results, tokens
+        return results
 
     # -- generation -------------------------------------------------------------------------------------------
     def encode_prompt(self, text: str, apply_template: bool, max_new_tokens: int, truncate: bool) -> list[int]:
@@ -189,6 +219,7 @@ class ModelRuntime:
         except QueueFull:
             raise queue_full(self.name) from None
         deadline = loop.time() + self.settings.request_timeout_s
+        self._enter()
         try:
             while True:
                 try:
@@ -202,6 +233,7 @@ class ModelRuntime:
                     return
         finally:
             job.cancelled.set()  # a no-op when finished; frees the row when the caller went away
+            self._leave()
 
     async def generate_text(
         self, prompt_ids: list[int], max_new_tokens: int, params: SamplingParams, seed=None, stop=None

@@ -60,11 +60,25 @@ class ModelCard(BaseModel):
     max_tokens: int
     providers: list[str]
     ready: bool
+    parent: str | None = None  # an onnxruntime LoRA adapter: the base model it runs on
 
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- adapters (onnxruntime LoRA adapters of a base folder) -----------------------------------------------
+class LoadAdapterRequest(Strict):
+    path: str = Field(description="An adapter folder on the server (written by adamix-export --adapter-of).")
+    name: str | None = Field(None, description="The model name to serve it under (default: the adapter's).")
+    base: str | None = Field(None, description="The base it runs on; may be left out when there is one base.")
+
+
+class UnloadAdapterResponse(BaseModel):
+    id: str
+    deleted: bool = True
+    drained: bool = Field(description="Whether every request in flight on it finished before it was unloaded.")
 
 
 # -- classification --------------------------------------------------------------------------------------

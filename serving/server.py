@@ -14,7 +14,7 @@ import uvicorn
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import PRECISIONS
 from adamix_deploy.serving.app import create_app
-from adamix_deploy.serving.model_folder import ModelFolderError, read_model_folder
+from adamix_deploy.serving.model_folder import ModelFolderError, read_adapter_folders, read_model_folder
 from adamix_deploy.serving.runtime import ServerSettings
 
 log = logging.getLogger("adamix.serve")
@@ -32,7 +32,10 @@ def check_folders(folders: list[str], precision: str = "fp32") -> list:
     models = []
     for folder in folders:
         try:
-            models.append(read_model_folder(folder, precision))
+            model = read_model_folder(folder, precision)
+            models.append(model)
+            if model.is_adapter_base:  # the base itself is not served: its adapters are, and more can be added
+                models.extend(read_adapter_folders(model))
         except ModelFolderError as e:
             raise ConfigError(str(e)) from None
     names = [m.name for m in models]
@@ -76,6 +79,6 @@ def serve(
         access_log=False,  # per-request lines cost time at load; /metrics counts requests instead
     )  # fmt: skip
     server = _Server(config)
-    log.info("serving %s on http://%s:%d", ", ".join(m.name for m in models), host, port)
+    log.info("serving %s on http://%s:%d", ", ".join(m.name for m in models if not m.is_adapter_base), host, port)
     server.run()
     return server.exit_code

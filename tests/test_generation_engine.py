@@ -303,14 +303,14 @@ class WithoutMaskInputs:
     def get_outputs(self):
         return self.session.get_outputs()
 
-    def run(self, names, feed):
+    def run(self, names, feed, run_options=None):
         assert "attention_mask" not in feed and "position_ids" not in feed
         batch, n = feed["input_ids"].shape
         assert batch == 1, "an unpaddable model got a batch"
         past = feed["past_key_values.0.key"].shape[2]
         feed = dict(feed, attention_mask=np.ones((1, past + n), dtype=np.int64))
         feed["position_ids"] = np.arange(past, past + n, dtype=np.int64)[None, :]
-        return self.session.run(names, feed)
+        return self.session.run(names, feed, run_options)
 
 
 def test_a_model_without_mask_inputs_runs_one_job_at_a_time_with_the_same_results(gpt2_model):

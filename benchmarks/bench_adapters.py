@@ -1,0 +1,338 @@
+"""Many tasks on one base graph (issue 13): onnxruntime LoRA adapters on a shared base against the same tasks
+as separate folded exports. Not a test: prints tables, writes JSON + PNG.
+
+    python benchmarks/bench_adapters.py build      # task checkpoints, folded exports, adapter bases (resumable)
+    python benchmarks/bench_adapters.py graph      # the graph's own cost: base + adapter vs folded, in-process
+    python benchmarks/bench_adapters.py serve      # servers: memory, time to ready, latency, throughput
+    python benchmarks/bench_adapters.py report
+
+The tasks are seeded variants of one trained checkpoint each (bench_export.py's MiniLM-L6 SST-2 AdaMix-LoRA,
+`results/tmp/cls-lora`, and its SmolLM2 AdaMix-LoRA, `results/tmp/gen-lora`): every LoRA and head tensor
+gets seeded Gaussian noise (10 % of its own standard deviation), so each task has tensors of its own with the
+real shapes. What is measured is cost (memory, time, latency), which depends on shapes only, not quality.
+
+- graph: batch 1 and 8, padded to 128 tokens, 2 threads, one process per (graph, batch), ROUNDS rounds in
+  alternation, median of the per-process medians. The multi-adapter graph with one adapter active
+  (`RunOptions.add_active_adapter`) against the folded export of the same task.
+- serve: each configuration is one `adamix-serve` process, one after the other, 2 threads; MiniLM with 1, 4
+  and 16 tasks (adapters on one base, or that many folded folders), SmolLM2 with 1 and 4. Ready = process start
+  to /ready answering; RSS after ready and its peak (VmHWM) after the load. MiniLM: p50 of 200 sequential
+  1-sentence requests and of 60 sequential 8-sentence requests to the first task, then 800 1-sentence requests
+  spread round-robin over every task at concurrency 8 (throughput). SmolLM2: 4 prompts of 32 greedy tokens one
+  at a time to the first task, then 8 spread over every task sent together (tokens/s over the wall time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+WORK = RESULTS / "tmp" / "adapters"
+BIN = Path(sys.executable).parent
+SOURCES = {"cls": RESULTS / "tmp" / "cls-lora", "gen": RESULTS / "tmp" / "gen-lora"}
+TASKS = {"cls": 16, "gen": 4}
+SERVE_COUNTS = {"cls": (1, 4, 16), "gen": (1, 4)}
+ROUNDS = 3
+THREADS = 2
+NOISE = 0.1
+E2E_PROMPTS = [
+    "name[The Eagle], eatType[coffee shop], food[French], priceRange[moderate], area[riverside]",
+    "name[Zizzi], eatType[pub], food[Italian], customer rating[5 out of 5], near[The Sorrento]",
+    "name[Blue Spice], food[Chinese], priceRange[cheap], area[city centre], familyFriendly[yes]",
+    "name[The Mill], eatType[restaurant], food[Indian], priceRange[high], near[Café Rouge]",
+]
+
+
+def cli(name: str, *args: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([str(BIN / name), *map(str, args)], capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        sys.exit(f"{name} {' '.join(map(str, args))} failed: {result.stderr[-2000:]}")
+
+
+# -- build -------------------------------------------------------------------------------------------------
+def task_checkpoint(kind: str, index: int) -> Path:
+    """Task ``index``: the source checkpoint with seeded noise on every trained tensor (index 0: as trained)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = WORK / f"{kind}-task{index}"
+    if (folder / "mixture.safetensors").exists():
+        return folder
+    tmp = WORK / f".{kind}-task{index}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(SOURCES[kind], tmp)
+    weights = load_file(tmp / "mixture.safetensors")
+    generator = torch.Generator().manual_seed(1000 + index)
+    for name, value in weights.items():
+        if index and value.is_floating_point() and value.numel() > 1:
+            weights[name] = value + NOISE * value.std() * torch.randn(value.shape, generator=generator)
+    save_file(weights, tmp / "mixture.safetensors")
+    tmp.rename(folder)
+    return folder
+
+
+def build() -> None:
+    for kind in ("cls", "gen"):
+        if not (SOURCES[kind] / "adamix_config.json").exists():
+            sys.exit(f"{SOURCES[kind]} is missing: run python benchmarks/bench_export.py build first")
+    WORK.mkdir(parents=True, exist_ok=True)
+    for kind, count in TASKS.items():
+        base = WORK / f"{kind}-base"
+        for index in range(count):
+            ckpt = task_checkpoint(kind, index)
+            folded = WORK / f"{kind}-folded{index}"
+            if not (folded / "adamix_manifest.json").exists():
+                print(f"folded export {folded.name}", flush=True)
+                cli("adamix-export", "--merge", ckpt, "--output", folded, "--overwrite")
+            if not (base / "adapters" / f"task{index}" / "adapter_manifest.json").exists():
+                print(f"adapter task{index} of {base.name}", flush=True)
+                cli("adamix-export", "--merge", ckpt, "--adapter-of", base, "--adapter-name", f"task{index}",
+                    "--overwrite")  # fmt: skip
+        for n in SERVE_COUNTS[kind]:  # bases with the first n adapters (hard links: the same files)
+            subset = WORK / f"{kind}-base-{n}"
+            if not subset.exists():
+                shutil.copytree(base, subset, copy_function=os.link, ignore=_other_adapters(n))
+    print("built", flush=True)
+
+
+def _other_adapters(n: int):
+    keep = {f"task{i}" for i in range(n)}
+    return lambda folder, names: [x for x in names if Path(folder).name == "adapters" and x not in keep]
+
+
+# -- graph cost ----------------------------------------------------------------------------------------------
+def graph_one(args) -> None:
+    """In its own process: prints {"median_ms": ...} for one graph (and adapter) at one batch size."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    sys.path.insert(0, str(ROOT.parent))
+    from adamix_deploy.exporters.onnx_loops import ActiveAdapter, classify_logits, open_session
+
+    folder = Path(args.folder)
+    session = open_session(folder / "model.onnx", threads=THREADS)
+    active = ActiveAdapter(args.adapter) if args.adapter else None
+    options = active.run_options if active else None
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.enable_truncation(128)
+    tokenizer.enable_padding(length=128)
+    encoded = tokenizer.encode_batch(["a gripping, funny and quietly devastating film " * 6] * args.batch)
+    batch = {"input_ids": np.array([e.ids for e in encoded]), "attention_mask": np.array([e.attention_mask for e in encoded]),
+             "token_type_ids": np.array([e.type_ids for e in encoded])}  # fmt: skip
+    for _ in range(3):
+        classify_logits(session, batch, options)
+    runs = []
+    for _ in range(30 if args.batch == 1 else 15):
+        start = time.perf_counter()
+        classify_logits(session, batch, options)
+        runs.append(1000 * (time.perf_counter() - start))
+    print(json.dumps({"median_ms": statistics.median(runs)}))
+
+
+def graph() -> None:
+    cases = {
+        "folded export": (WORK / "cls-folded1", None),
+        "base + adapter": (WORK / "cls-base", WORK / "cls-base" / "adapters" / "task1" / "adapter.onnx_adapter"),
+    }
+    rows = {}
+    for _ in range(ROUNDS):
+        for batch in (1, 8):
+            for label, (folder, adapter) in cases.items():
+                command = [sys.executable, __file__, "graph-one", str(folder), "--batch", str(batch)]
+                out = subprocess.run(command + (["--adapter", str(adapter)] if adapter else []), capture_output=True,
+                                     text=True, check=True).stdout  # fmt: skip
+                rows.setdefault(f"{label}|{batch}", []).append(json.loads(out)["median_ms"])
+    _update({"graph": rows})
+    report()
+
+
+# -- servers -------------------------------------------------------------------------------------------------
+def _server(folders: list[Path], port: int):
+    sys.path.insert(0, str(ROOT))
+    from bench_serve import Server
+
+    command = [str(BIN / "adamix-serve"), *map(str, folders), "--port", str(port), "--log-level", "warning",
+               "--threads", str(THREADS)]  # fmt: skip
+    return Server(command, "/ready", port)
+
+
+def load_main(args) -> None:
+    """In its own process: requests to ``models`` round-robin; prints p50 and throughput."""
+    import httpx
+
+    sys.path.insert(0, str(ROOT))
+    from bench_serve import sentences
+
+    texts, models = sentences(), args.models.split(",")
+
+    def body(i: int) -> tuple[str, dict]:
+        model = models[i % len(models)]
+        if args.kind == "gen":
+            prompt = E2E_PROMPTS[i % len(E2E_PROMPTS)]
+            return f"/v1/models/{model}/generate", {"prompt": prompt, "max_new_tokens": 32}
+        return f"/v1/models/{model}/classify", {"inputs": [texts[(i + j) % len(texts)] for j in range(args.batch)]}
+
+    async def run() -> dict:
+        limits = httpx.Limits(max_connections=args.concurrency)
+        latencies, tokens, failures = [], 0, 0
+        pending = list(range(args.count))
+        async with httpx.AsyncClient(base_url=args.url, timeout=300, limits=limits) as client:
+            for i in range(min(4, args.count)):  # warm-up, not timed
+                path, payload = body(i)
+                await client.post(path, json=payload)
+
+            async def worker():
+                nonlocal tokens, failures
+                while pending:
+                    path, payload = body(pending.pop())
+                    start = time.perf_counter()
+                    answer = await client.post(path, json=payload)
+                    latencies.append(time.perf_counter() - start)
+                    failures += answer.status_code != 200
+                    if args.kind == "gen" and answer.status_code == 200:
+                        tokens += answer.json()["usage"]["completion_tokens"]
+
+            start = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            wall = time.perf_counter() - start
+        return {"p50_ms": round(1000 * statistics.median(latencies), 2), "requests_per_s": round(args.count / wall, 1),
+                "tokens_per_s": round(tokens / wall, 1), "failures": failures}  # fmt: skip
+
+    print(json.dumps(asyncio.run(run())))
+
+
+def _load(url: str, kind: str, models: list[str], concurrency: int, count: int, batch: int = 1) -> dict:
+    command = [sys.executable, __file__, "load", url, kind, ",".join(models), "--concurrency", str(concurrency),
+               "--count", str(count), "--batch", str(batch)]  # fmt: skip
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
+
+
+def serve() -> None:
+    rows = []
+    port = 8790
+    for kind in ("cls", "gen"):
+        for n in SERVE_COUNTS[kind]:
+            for layout in ("adapters", "folded"):
+                if layout == "adapters":
+                    folders, models = [WORK / f"{kind}-base-{n}"], [f"task{i}" for i in range(n)]
+                else:
+                    folders = [WORK / f"{kind}-folded{i}" for i in range(n)]
+                    models = [f.name for f in folders]
+                port += 1
+                server = _server(folders, port)
+                row = {"kind": kind, "tasks": n, "layout": layout, "ready_s": server.ready_s,
+                       "rss_ready_mib": server.rss_ready["VmRSS"]}  # fmt: skip
+                if kind == "cls":
+                    row["b1"] = _load(server.url, kind, models[:1], 1, 200)
+                    row["b8"] = _load(server.url, kind, models[:1], 1, 60, batch=8)
+                    row["spread_c8"] = _load(server.url, kind, models, 8, 800)
+                else:
+                    row["one_at_a_time"] = _load(server.url, kind, models[:1], 1, 4)
+                    row["spread_8"] = _load(server.url, kind, models, 8, 8)
+                row["rss_peak_mib"] = server.stop()["VmHWM"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    _update({"serve": rows})
+    report()
+
+
+# -- results -------------------------------------------------------------------------------------------------
+def _update(part: dict) -> None:
+    path = RESULTS / "adapters.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(part)
+    path.write_text(json.dumps(data, indent=1))
+
+
+def report() -> None:
+    data = json.loads((RESULTS / "adapters.json").read_text())
+    if "graph" in data:
+        g = {k: statistics.median(v) for k, v in data["graph"].items()}
+        print("\n| MiniLM-L6, seq 128, 2 threads | batch 1 ms | batch 8 ms |\n|---|---|---|")
+        for label in ("folded export", "base + adapter"):
+            print(f"| {label} | {g[f'{label}|1']:.2f} | {g[f'{label}|8']:.2f} |")
+        ratio = [g[f"base + adapter|{b}"] / g[f"folded export|{b}"] for b in (1, 8)]
+        print(f"| base + adapter / folded | {ratio[0]:.3f}x | {ratio[1]:.3f}x |")
+    if "serve" in data:
+        print(
+            "\n| MiniLM-L6 tasks | layout | ready s | RSS ready MiB | peak MiB | b1 p50 ms | b8 p50 ms | spread c=8 req/s |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+        for r in (r for r in data["serve"] if r["kind"] == "cls"):
+            print(f"| {r['tasks']} | {r['layout']} | {r['ready_s']:.2f} | {r['rss_ready_mib']:.0f} | "
+                  f"{r['rss_peak_mib']:.0f} | {r['b1']['p50_ms']:.2f} | {r['b8']['p50_ms']:.2f} | "
+                  f"{r['spread_c8']['requests_per_s']:.1f} |")  # fmt: skip
+        print(
+            "\n| SmolLM2-135M tasks | layout | ready s | RSS ready MiB | peak MiB | tokens/s one at a time | tokens/s 8 spread |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for r in (r for r in data["serve"] if r["kind"] == "gen"):
+            print(f"| {r['tasks']} | {r['layout']} | {r['ready_s']:.2f} | {r['rss_ready_mib']:.0f} | "
+                  f"{r['rss_peak_mib']:.0f} | {r['one_at_a_time']['tokens_per_s']:.1f} | "
+                  f"{r['spread_8']['tokens_per_s']:.1f} |")  # fmt: skip
+        _plot(data["serve"])
+
+
+def _plot(rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for layout, color in (("adapters", "#4c72b0"), ("folded", "#dd8452")):
+        for ax, kind in zip(axes[:2], ("cls", "gen"), strict=True):
+            sel = [r for r in rows if r["kind"] == kind and r["layout"] == layout]
+            ax.plot([r["tasks"] for r in sel], [r["rss_peak_mib"] for r in sel], "o-", color=color, label=layout)
+            ax.set_title(f"{'MiniLM-L6' if kind == 'cls' else 'SmolLM2-135M'}: peak RSS")
+            ax.set_xlabel("tasks served")
+            ax.set_ylabel("MiB")
+        sel = [r for r in rows if r["kind"] == "cls" and r["layout"] == layout]
+        axes[2].plot([r["tasks"] for r in sel], [r["spread_c8"]["requests_per_s"] for r in sel], "o-", color=color,
+                     label=layout)  # fmt: skip
+    axes[2].set_title("MiniLM-L6: req/s spread over the tasks, c=8")
+    axes[2].set_xlabel("tasks served")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "adapters.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    for name in ("build", "graph", "serve", "report"):
+        sub.add_parser(name)
+    one = sub.add_parser("graph-one")
+    one.add_argument("folder")
+    one.add_argument("--batch", type=int, default=1)
+    one.add_argument("--adapter")
+    load = sub.add_parser("load")
+    load.add_argument("url")
+    load.add_argument("kind")
+    load.add_argument("models")
+    load.add_argument("--concurrency", type=int, default=1)
+    load.add_argument("--count", type=int, default=100)
+    load.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args()
+    {"build": build, "graph": graph, "serve": serve, "report": report}.get(args.what, lambda: None)()
+    if args.what == "graph-one":
+        graph_one(args)
+    elif args.what == "load":
+        load_main(args)
+
+
+if __name__ == "__main__":
+    main()
