@@ -45,7 +45,7 @@ from adamix_deploy.exporters.export_folder import (
 from adamix_deploy.exporters.onnx_export import export_onnx
 from adamix_deploy.exporters.optimize import optimize_adapter_base
 from adamix_deploy.exporters.ort_adapters import HEAD, LORA_A, LORA_B, AdapterInput
-from adamix_deploy.exporters.parity import check_classification, check_generation, parity_inputs
+from adamix_deploy.exporters.parity import ParityError, check_classification, check_generation, parity_inputs
 from adamix_deploy.exporters.pipeline import source_info
 from adamix_deploy.importers import detect_and_load
 from adamix_deploy.inject import set_submodule
@@ -99,12 +99,16 @@ def export_adapter(
     stages = {"onnx_fp32_adapter": base_folder / ONNX_FILES["fp32"]}
     with atomic_directory(target) as tmp:
         write_adapter_file(tmp / ADAPTER_FILE, tensors)
-        if task in SEQUENCE_TASKS:
-            parity = check_classification(ckpt.model, merged, ckpt.tokenizer, stages, samples, set(), tolerance,
-                                          config.get("max_length", 128), adapter=tmp / ADAPTER_FILE)  # fmt: skip
-        else:
-            parity = check_generation(ckpt.model, merged, ckpt.tokenizer, stages, samples, set(), tolerance,
-                                      greedy_steps, adapter=tmp / ADAPTER_FILE)  # fmt: skip
+        try:
+            if task in SEQUENCE_TASKS:
+                parity = check_classification(ckpt.model, merged, ckpt.tokenizer, stages, samples, set(), tolerance,
+                                              config.get("max_length", 128), adapter=tmp / ADAPTER_FILE)  # fmt: skip
+            else:
+                parity = check_generation(ckpt.model, merged, ckpt.tokenizer, stages, samples, set(), tolerance,
+                                          greedy_steps, adapter=tmp / ADAPTER_FILE)  # fmt: skip
+        except ParityError as e:
+            raise ParityError(f"{e}; is this checkpoint's base model the one {base_folder} was made from "
+                              f"({base.base_model.name})?") from None  # fmt: skip
         mixture = config["mixture"]
         manifest = AdapterManifest(
             name=name,
@@ -206,9 +210,9 @@ def _check_base(base: Manifest, config: dict, folder: Path) -> None:
     if (task in SEQUENCE_TASKS) != (base.task in SEQUENCE_TASKS):
         raise AdamixError(f"a {task} checkpoint cannot be an adapter of {folder}, a {base.task} base")
     mine, theirs = config["base_model"], base.base_model
-    if (mine.get("model_type"), mine.get("architecture")) != (theirs.model_type, theirs.architecture) or (
-        mine.get("name") != theirs.name
-    ):
+    # the structure must match here; whether the weights are the same base model, parity decides (a copy of
+    # the same base under another path is fine, another fine-tune of the same architecture is not)
+    if (mine.get("model_type"), mine.get("architecture")) != (theirs.model_type, theirs.architecture):
         raise AdamixError(
             f"this checkpoint's base model is {mine.get('name')} ({mine.get('architecture')}); {folder} is a base "
             f"of {theirs.name} ({theirs.architecture})"

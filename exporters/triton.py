@@ -168,6 +168,11 @@ def read_export(folder: str | Path, precision: str = "fp32") -> ExportSpec:
     if not folder.is_dir():
         raise TritonRepositoryError(f"{folder}: not a folder")
     manifest = read_manifest(folder)
+    if manifest.adapter_base is not None:
+        raise TritonRepositoryError(
+            f"{folder}: a base for onnxruntime adapters; Triton's onnxruntime backend cannot switch adapters per "
+            "request: give adamix-triton a folded export (adamix-export --output) of each task"
+        )
     if manifest.task not in SEQUENCE_TASKS:
         raise TritonRepositoryError(
             f"{folder}: a {manifest.task} export; adamix-triton writes classification and regression "

@@ -4,11 +4,13 @@ the base graph's inputs, each adapter equal to its own folded export, the base n
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
 import torch
-from test_export import make_checkpoint, run
+from test_export import BIN, make_checkpoint, run
 
 from adamix_deploy.config import MixtureSpec
 from adamix_deploy.exporters.adapter_export import export_adapter
@@ -89,9 +91,10 @@ def test_classifiers_of_different_ranks_and_labels_share_one_base_and_match_thei
     assert classify_logits(session, batch).shape == (len(TEXTS), 0)  # no adapter: the base has no task
 
 
-def test_a_generation_adapter_decodes_exactly_like_its_folded_export(tiny_llama, tmp_path):
-    ckpt = make_checkpoint(tiny_llama, "generation", MixtureSpec("lora", experts=2, share="none", rank=4),
-                           tmp_path / "ckpt")  # fmt: skip
+@pytest.mark.parametrize("base", ["tiny_llama", "tiny_gpt2"])
+def test_a_generation_adapter_decodes_exactly_like_its_folded_export(base, request, tmp_path):
+    ckpt = make_checkpoint(request.getfixturevalue(base), "generation",
+                           MixtureSpec("lora", experts=2, share="none", rank=4), tmp_path / "ckpt")  # fmt: skip
     manifest, _ = export_adapter(ckpt, tmp_path / "base", name="restaurants", greedy_steps=6)
     assert manifest.parity["stages"]["onnx_fp32_adapter"]["greedy_tokens_identical"] == 1.0
     export_checkpoint(ckpt, tmp_path / "folded", greedy_steps=4)
@@ -138,6 +141,57 @@ def test_bad_adapter_exports_get_one_line_and_leave_the_base_alone(tiny_bert, ti
         result = run(*args)
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    triton = subprocess.run([str(BIN / "adamix-triton"), base, "--output", tmp_path / "repo"], capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert triton.returncode != 0 and "a base for onnxruntime adapters" in triton.stderr, triton.stderr
+    assert not (tmp_path / "repo").exists()
     assert sha256_file(base / "model.onnx") == digest
     assert sorted(p.name for p in (base / ADAPTERS_FOLDER).iterdir()) == ["one"]
     assert json.loads((base / ADAPTERS_FOLDER / "one" / "adapter_manifest.json").read_text())["name"] == "one"
+
+
+def test_a_peft_lora_folder_is_an_adapter_too_and_another_base_models_weights_fail_parity(tiny_bert, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    from adamix_deploy.mixture_model import load_tokenizer
+
+    base = tmp_path / "base"
+    export_adapter(make_checkpoint(tiny_bert, "classification", MixtureSpec("lora", experts=2, rank=4),
+                                   tmp_path / "ckpt"), base, name="adamix")  # fmt: skip
+    for name, model in [
+        ("same-base", AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3)),
+        ("other-base", BertForSequenceClassification(BertConfig.from_pretrained(tiny_bert, num_labels=3))),
+    ]:
+        model.save_pretrained(tmp_path / name / "base")  # a copy of the base model elsewhere, or another model
+        load_tokenizer(tiny_bert).save_pretrained(tmp_path / name / "base")
+        peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4,
+                                                      target_modules=["query", "value"]))  # fmt: skip
+        with torch.no_grad():
+            for parameter_name, p in peft_model.named_parameters():
+                if "lora_" in parameter_name or "classifier" in parameter_name:
+                    p.normal_(0, 0.3)
+        peft_model.save_pretrained(tmp_path / name / "peft")
+    manifest, created = export_adapter(tmp_path / "same-base" / "peft", base, name="peft")
+    assert not created and manifest.source.format == "peft-lora" and manifest.ranks
+    export_checkpoint(tmp_path / "same-base" / "peft", tmp_path / "peft-folded")
+    batch = _batch(base, TEXTS)
+    active = ActiveAdapter(base / ADAPTERS_FOLDER / "peft" / ADAPTER_FILE)
+    np.testing.assert_allclose(
+        classify_logits(open_session(base / "model.onnx"), batch, active.run_options),
+        classify_logits(open_session(tmp_path / "peft-folded" / "model.onnx"), batch),
+        atol=1e-4,
+    )
+    other = tmp_path / "other-base"
+    result = run(
+        "--merge",
+        other / "peft",
+        "--adapter-of",
+        base,
+        "--adapter-name",
+        "peft-other",
+        "--base-model",
+        other / "base",
+    )
+    assert result.returncode != 0 and "parity failed" in result.stderr and "base model the one" in result.stderr
+    assert not (base / ADAPTERS_FOLDER / "peft-other").exists() and len(result.stderr.strip().splitlines()) == 1
