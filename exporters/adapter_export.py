@@ -169,7 +169,7 @@ def write_base(ckpt: MixtureCheckpoint, loras: dict[str, MixtureLoRALinear], fol
         hf = base_model.config
         inputs, fusions = optimize_adapter_base(
             raw_onnx, tmp / ONNX_FILES["fp32"], hf.model_type, hf.num_attention_heads, hf.hidden_size,
-            lora_weights, head,
+            lora_weights, head, hf.num_labels if task in SEQUENCE_TASKS else 0,
         )  # fmt: skip
         for item in raw.iterdir():  # config, generation config and tokenizer files from optimum
             if item.suffix != ".onnx" and not item.name.endswith(".onnx_data"):

@@ -67,10 +67,11 @@ def _find(by_shape: dict, value: np.ndarray, what: str) -> tuple[onnx.TensorProt
 
 
 def add_adapter_inputs(
-    model: onnx.ModelProto, lora_weights: dict[str, np.ndarray], head: dict[str, np.ndarray]
+    model: onnx.ModelProto, lora_weights: dict[str, np.ndarray], head: dict[str, np.ndarray], num_labels: int = 0
 ) -> list[AdapterInput]:
     """Rewrite ``model`` in place (see the module docstring). ``lora_weights``: LoRA module name -> its base
-    layer's weight (out x in, as PyTorch holds it); ``head``: parameter name -> value. Returns the inputs."""
+    layer's weight (out x in, as PyTorch holds it); ``head``: parameter name -> value (as PyTorch holds it);
+    ``num_labels``: the head's outputs, whose axis becomes the symbolic ``labels``. Returns the inputs."""
     graph = model.graph
     by_shape = _value_index(graph)
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -107,7 +108,7 @@ def add_adapter_inputs(
     for name, value in sorted(head.items()):
         init, transposed = _find(by_shape, value, f"head parameter {name}")
         shape = list(init.dims)
-        label_axis = _label_axis(name, value, transposed)
+        label_axis = _label_axis(value, transposed, num_labels)
         default_shape = list(shape)
         if label_axis is not None:
             shape[label_axis] = "labels"
@@ -127,13 +128,13 @@ def add_adapter_inputs(
     return inputs
 
 
-def _label_axis(name: str, value: np.ndarray, transposed: bool) -> int | None:
-    """The axis that counts labels in the graph's layout: the classifier's output features."""
-    if "pooler" in name:
+def _label_axis(value: np.ndarray, transposed: bool, num_labels: int) -> int | None:
+    """The axis that counts labels in the graph's layout: the output features of the head's last layer, the
+    only head tensors whose output size is the label count (a pooler or a RoBERTa head's dense layer is
+    hidden x hidden)."""
+    if not num_labels or value.shape[0] != num_labels:
         return None
-    if value.ndim == 1:
-        return 0
-    return 1 if transposed else 0
+    return 0 if value.ndim == 1 or not transposed else 1
 
 
 def _add_input(graph, name: str, shape: list, default: np.ndarray, rename=None) -> None:

@@ -195,3 +195,34 @@ def test_a_peft_lora_folder_is_an_adapter_too_and_another_base_models_weights_fa
     )
     assert result.returncode != 0 and "parity failed" in result.stderr and "base model the one" in result.stderr
     assert not (base / ADAPTERS_FOLDER / "peft-other").exists() and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_only_the_last_head_layer_gets_the_label_axis_and_the_graph_takes_any_label_count():
+    """A RoBERTa-style head (dense hidden x hidden, then out_proj labels x hidden) on a hand-built graph."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from adamix_deploy.exporters.ort_adapters import HEAD, add_adapter_inputs
+
+    rng = np.random.default_rng(0)
+    dense, out = rng.normal(size=(4, 4)).astype(np.float32), rng.normal(size=(3, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "Wd"], ["h"]), helper.make_node("MatMul", ["h", "Wo"], ["logits"])],
+        "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(dense.T.copy(), "Wd"), numpy_helper.from_array(out.T.copy(), "Wo")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    inputs = add_adapter_inputs(model, {}, {"dense.weight": dense, "out_proj.weight": out}, num_labels=3)
+    assert {i.name: i.shape for i in inputs if i.kind == HEAD} == {
+        "dense.weight": [4, 4],
+        "out_proj.weight": [4, "labels"],
+    }
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.normal(size=(1, 4)).astype(np.float32)
+    five = rng.normal(size=(4, 5)).astype(np.float32)  # another task's head: 5 labels
+    logits = session.run(None, {"x": x, "dense.weight": dense.T.copy(), "out_proj.weight": five})[0]
+    np.testing.assert_allclose(logits, x @ dense.T @ five, rtol=1e-5)
+    assert session.run(None, {"x": x})[0].shape == (1, 0)  # the empty default
+    onnx.checker.check_model(model)
