@@ -32,12 +32,14 @@ def create_app(
     on_load_failure: Callable[[str], None] | None = None,
     make_batcher: BatcherFactory = ClassificationBatcher,
     load_on_startup: bool = True,
+    adapters_at_run_time: bool = True,
 ) -> FastAPI:
     """The app for these models. Handlers find what they need on `app.state`: `runtimes` (name to
     `ModelRuntime`), `adapter_bases` (name to the base `ServedModel` of onnxruntime adapters), `metrics`,
     `settings` and `load_errors` (empty unless loading failed).
     ``load_on_startup=False`` leaves loading to the caller (`start_models`): a Ray Serve replica loads before it
-    takes traffic. ``make_batcher`` builds each classification model's scheduler."""
+    takes traffic. ``make_batcher`` builds each classification model's scheduler. ``adapters_at_run_time=False``
+    refuses ``POST`` / ``DELETE /v1/adapters`` (Ray Serve: a request reaches one replica of several)."""
     metrics = ServerMetrics()
     runtimes = {m.name: ModelRuntime(m, settings, metrics, make_batcher) for m in models if not m.is_adapter_base}
     # bases of onnxruntime LoRA adapters: POST /v1/adapters adds adapters to them at run time
@@ -63,6 +65,7 @@ def create_app(
     app.state.runtimes = runtimes
     app.state.adapter_bases = adapter_bases
     app.state.adapter_lock = asyncio.Lock()
+    app.state.adapters_at_run_time = adapters_at_run_time
     app.state.make_batcher = make_batcher
     app.state.metrics = metrics
     app.state.settings = settings

@@ -46,7 +46,9 @@ class AdamixReplica:
         models = check_folders(list(config.folders), config.precision)
         keys = read_api_keys(config.api_key_file) if config.api_key_file else ()
         settings = replace(config.settings, api_keys=keys)
-        self.adamix_app = create_app(models, settings, make_batcher=ServeBatcher, load_on_startup=False)
+        self.adamix_app = create_app(
+            models, settings, make_batcher=ServeBatcher, load_on_startup=False, adapters_at_run_time=False
+        )
         self.adamix_app.add_middleware(ReplicaHeader, replica=serve.get_replica_context().replica_id.unique_id)
         # before the constructor returns: Ray sends traffic to a replica as soon as it is constructed
         await start_models(self.adamix_app)

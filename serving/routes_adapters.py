@@ -21,6 +21,7 @@ router = APIRouter(tags=["adapters"])
 @router.post("/v1/adapters", response_model=s.ModelCard, responses=error_docs(404, 409, 422))
 async def load_adapter(body: s.LoadAdapterRequest, request: Request) -> s.ModelCard:
     state = request.app.state
+    _check_allowed(state)
     base = _base_for(state.adapter_bases, body.base)
     async with state.adapter_lock:  # one load or unload at a time: names are checked and claimed under it
         try:
@@ -45,6 +46,7 @@ async def load_adapter(body: s.LoadAdapterRequest, request: Request) -> s.ModelC
 @router.delete("/v1/adapters/{name}", response_model=s.UnloadAdapterResponse, responses=error_docs(404, 422))
 async def unload_adapter(name: str, request: Request) -> s.UnloadAdapterResponse:
     state = request.app.state
+    _check_allowed(state)
     async with state.adapter_lock:
         runtime = state.runtimes.get(name)
         if runtime is None:
@@ -55,6 +57,14 @@ async def unload_adapter(name: str, request: Request) -> s.UnloadAdapterResponse
         request.app.openapi_schema = None
     drained = await runtime.drain_and_stop(state.settings.request_timeout_s)
     return s.UnloadAdapterResponse(id=name, drained=drained)
+
+
+def _check_allowed(state) -> None:
+    if not state.adapters_at_run_time:
+        raise ServeError(
+            422, "adapters cannot be loaded or unloaded at run time under Ray Serve (a request reaches one replica "
+            "of several): put the adapter folder in the base's adapters/ and redeploy",
+        )  # fmt: skip
 
 
 def _base_for(bases: dict, name: str | None):

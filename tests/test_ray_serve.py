@@ -158,6 +158,12 @@ def test_the_openapi_schema_and_the_openai_client_are_unchanged(ray_server, serv
     assert answers[0] == answers[1]
 
 
+def test_adapters_cannot_be_loaded_or_unloaded_at_run_time_under_ray(ray_server):
+    for answer in (httpx.post(ray_server.url + "/v1/adapters", json={"path": "/nowhere"}),
+                   httpx.delete(ray_server.url + "/v1/adapters/sentiment")):  # fmt: skip
+        assert answer.status_code == 422 and "under Ray Serve" in answer.json()["error"]["message"], answer.text
+
+
 def test_both_replicas_serve_and_batch(ray_server):
     assert len(replica_pids(ray_server.proc.pid)) == REPLICAS
 
