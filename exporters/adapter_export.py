@@ -1,9 +1,10 @@
-"""``adamix-export --merge CKPT --adapter-of BASE``: a mixture checkpoint as an onnxruntime LoRA adapter of a
+"""``adamix-export --merge CKPT --adapter-of BASE``: a mixture checkpoint as an onnxruntime adapter of a
 shared base graph, instead of a folded export of its own.
 
-Read `export_adapter` top to bottom: load the checkpoint and merge its experts (`merged_lora_factors`: one
-LoRA pair per module, not folded); when BASE is not a base yet, write it from this checkpoint's base model
-(`write_base`: the base model's graph with the LoRA and head tensors as inputs, `exporters.ort_adapters`);
+Read `export_adapter` top to bottom: load the checkpoint and merge its experts (LoRA: `merged_lora_factors`,
+one LoRA pair per module, not folded; bottleneck adapters: collapsed to one static bottleneck each); when BASE
+is not a base yet, write it from this checkpoint's base model (`write_base`: the base model's graph with the
+LoRA, head and bottleneck tensors as inputs, `exporters.ort_adapters`);
 then the adapter's tensors as that graph's inputs want them, checked on the base graph against the merged
 PyTorch model (the reference of a folded export's parity too), written to ``BASE/adapters/<name>/`` in one
 rename. Adding an adapter never rewrites the base. The folder format is `exporters.export_folder`.
@@ -44,13 +45,19 @@ from adamix_deploy.exporters.export_folder import (
 )
 from adamix_deploy.exporters.onnx_export import export_onnx
 from adamix_deploy.exporters.optimize import optimize_adapter_base
-from adamix_deploy.exporters.ort_adapters import HEAD, LORA_A, LORA_B, AdapterInput
+from adamix_deploy.exporters.ort_adapters import BOTTLENECK, HEAD, LORA_A, LORA_B, AdapterInput, ReplacedTensor
 from adamix_deploy.exporters.parity import ParityError, check_classification, check_generation, parity_inputs
 from adamix_deploy.exporters.pipeline import source_info
 from adamix_deploy.importers import detect_and_load
 from adamix_deploy.inject import set_submodule
 from adamix_deploy.lora import MixtureLoRALinear
-from adamix_deploy.merge import merge_mixture_model, merged_lora_factors, parse_merge_method, routing_for
+from adamix_deploy.merge import (
+    BottleneckAdapter,
+    merge_mixture_model,
+    merged_lora_factors,
+    parse_merge_method,
+    routing_for,
+)
 from adamix_deploy.mixture import set_routing
 from adamix_deploy.mixture_model import POOLER_PATTERN
 
@@ -83,17 +90,17 @@ def export_adapter(
     started = time.perf_counter()
     ckpt = detect_and_load(source, base_model)
     loras = _lora_modules(ckpt.model)
+    set_routing(ckpt.model, routing_for(merge_method))
+    merged = merge_mixture_model(ckpt.model, merge_method)  # LoRA folded, adapters collapsed to one each
     created = not (base_folder / MANIFEST_NAME).exists()
     if created:
         if base_folder.exists() and any(base_folder.iterdir()):
             raise AdamixError(f"{base_folder} is not empty and has no {MANIFEST_NAME}: not a base for adapters")
-        write_base(ckpt, loras, base_folder, opset)
+        write_base(ckpt, merged, loras, base_folder, opset)
     base = read_manifest(base_folder)
     _check_base(base, ckpt.config, base_folder)
     inputs = [AdapterInput(**i) for i in base.adapter_base.inputs]
-    set_routing(ckpt.model, routing_for(merge_method))
-    tensors, ranks = adapter_tensors(ckpt.model, loras, inputs, merge_method)
-    merged = merge_mixture_model(ckpt.model, merge_method)
+    tensors, ranks = adapter_tensors(merged, loras, inputs, merge_method)
     task, config = ckpt.config["task"], ckpt.config
     samples = parity_inputs(task, verify_file, config, parity_prompts)
     stages = {"onnx_fp32_adapter": base_folder / ONNX_FILES["fp32"]}
@@ -131,15 +138,34 @@ def export_adapter(
 
 
 def _lora_modules(model: torch.nn.Module) -> dict[str, MixtureLoRALinear]:
-    if any(isinstance(m, LinearWithAdapter) for m in model.modules()):
-        raise AdamixError(
-            "this checkpoint has bottleneck adapters: only LoRA mixtures can be onnxruntime adapters "
-            "(export it on its own with --output)"
-        )
+    """The LoRA mixture modules by name (bottleneck adapters are read from the merged model instead)."""
     loras = {n: m for n, m in model.named_modules() if isinstance(m, MixtureLoRALinear)}
-    if not loras:
-        raise AdamixError("this checkpoint has no LoRA modules: nothing to export as an adapter")
+    if not loras and not any(isinstance(m, LinearWithAdapter) for m in model.modules()):
+        raise AdamixError("this checkpoint has no LoRA or adapter modules: nothing to export as an adapter")
     return loras
+
+
+def _replaced_tensors(merged: torch.nn.Module, config: dict) -> dict[str, ReplacedTensor]:
+    """The tensors each adapter brings its own of, besides LoRA: the head (classifier and pooler; the axis
+    whose size is the label count varies) and every collapsed bottleneck (its width varies)."""
+    replaced = {}
+    if config["task"] in SEQUENCE_TASKS:
+        head_names, labels = set(config.get("head") or []), merged.config.num_labels
+        for name, p in merged.named_parameters():
+            if name in head_names or POOLER_PATTERN.search(name):
+                value = p.detach().float().numpy()
+                varies = value.shape[0] == labels and not POOLER_PATTERN.search(name)  # the last layer's outputs
+                replaced[name] = ReplacedTensor(value, HEAD, 0 if varies else None, "labels" if varies else None)
+    for index, (name, module) in enumerate(
+        n for n in merged.named_modules() if isinstance(n[1], BottleneckAdapter)
+    ):
+        width = f"bottleneck_{index}"
+        for part, axis in (("down.weight", 0), ("down.bias", 0), ("up.weight", 1), ("up.bias", None)):
+            value = module.get_parameter(part).detach().float().numpy()
+            replaced[f"{name}.{part}"] = ReplacedTensor(
+                value, BOTTLENECK, axis, width if axis is not None else None
+            )
+    return replaced
 
 
 def _weight_out_in(layer: torch.nn.Module) -> np.ndarray:
@@ -148,28 +174,26 @@ def _weight_out_in(layer: torch.nn.Module) -> np.ndarray:
     return weight if isinstance(layer, torch.nn.Linear) else weight.T
 
 
-def write_base(ckpt: MixtureCheckpoint, loras: dict[str, MixtureLoRALinear], folder: Path, opset: int) -> None:
-    """The base model of ``ckpt`` (its LoRA layers unadapted, its head kept as the head inputs' template) as a
-    graph whose LoRA targets and head take adapter inputs; written atomically."""
+def write_base(
+    ckpt: MixtureCheckpoint, merged: torch.nn.Module, loras: dict[str, MixtureLoRALinear], folder: Path, opset: int
+) -> None:
+    """The base model of ``ckpt`` as a graph whose LoRA targets, head and bottlenecks take adapter inputs:
+    ``merged`` with its LoRA layers back to the base layers (the head and collapsed bottlenecks stay, as the
+    templates the inputs replace); written atomically."""
     started = time.perf_counter()
     config, task = ckpt.config, ckpt.config["task"]
-    base_model = copy.deepcopy(ckpt.model)
+    base_model = copy.deepcopy(merged)
     for module_name, lora in loras.items():
         set_submodule(base_model, module_name, copy.deepcopy(lora.base))
     lora_weights = {n: _weight_out_in(m.base) for n, m in loras.items()}
-    head_names = set(config.get("head") or [])
-    head = {
-        n: p.detach().float().numpy()
-        for n, p in base_model.named_parameters()
-        if task in SEQUENCE_TASKS and (n in head_names or POOLER_PATTERN.search(n))
-    }
+    replaced = _replaced_tensors(base_model, config)
     with atomic_directory(folder) as tmp:
         raw = tmp / ".raw"
         raw_onnx = export_onnx(base_model, ckpt.tokenizer, task, raw, opset)
         hf = base_model.config
         inputs, fusions = optimize_adapter_base(
             raw_onnx, tmp / ONNX_FILES["fp32"], hf.model_type, hf.num_attention_heads, hf.hidden_size,
-            lora_weights, head, hf.num_labels if task in SEQUENCE_TASKS else 0,
+            lora_weights, replaced,
         )  # fmt: skip
         for item in raw.iterdir():  # config, generation config and tokenizer files from optimum
             if item.suffix != ".onnx" and not item.name.endswith(".onnx_data"):
@@ -220,17 +244,24 @@ def _check_base(base: Manifest, config: dict, folder: Path) -> None:
 
 
 def adapter_tensors(
-    model: torch.nn.Module, loras: dict[str, MixtureLoRALinear], inputs: list[AdapterInput], method: str
+    merged: torch.nn.Module, loras: dict[str, MixtureLoRALinear], inputs: list[AdapterInput], method: str
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """The merged checkpoint as the base graph's adapter inputs, each in the graph's layout: LoRA ``a`` = A'ᵀ
-    (in x r), ``b`` = (scaling·B')ᵀ (r x out), head tensors as the graph holds them. Returns the tensors and
-    each module's rank. A LoRA module the base has no input for, or a shape it cannot take, is an error."""
+    (in x r) and ``b`` = (scaling·B')ᵀ (r x out) from the mixture modules ``loras``; head and bottleneck
+    tensors from ``merged`` as the graph holds them. Returns the tensors and each module's rank (or bottleneck
+    width). A module the base has no input for, or a shape it cannot take, is an error."""
     targets = {i.module for i in inputs if i.kind in (LORA_A, LORA_B)}
     extra = sorted(set(loras) - targets)
     if extra:
         raise AdamixError(f"this checkpoint adapts {extra[0]}, which the base has no LoRA input for "
                           f"(the base's LoRA modules: {', '.join(sorted(targets)) or 'none'})")  # fmt: skip
-    parameters = dict(model.named_parameters())
+    taken = {i.module for i in inputs if i.kind == BOTTLENECK}
+    bottlenecks = [n for n, m in merged.named_modules() if isinstance(m, BottleneckAdapter)]
+    missing = [n for n in bottlenecks if f"{n}.down.weight" not in taken]
+    if missing:
+        raise AdamixError(f"this checkpoint has an adapter at {missing[0]}, which the base has no bottleneck "
+                          "input for (a base made from a LoRA checkpoint takes LoRA adapters only)")  # fmt: skip
+    parameters = dict(merged.named_parameters())
     tensors, ranks = {}, {}
     for item in inputs:
         if item.kind in (LORA_A, LORA_B):
@@ -240,11 +271,15 @@ def adapter_tensors(
             a, b = merged_lora_factors(lora.lora_A.detach(), lora.lora_B.detach(), method)
             value = a.T if item.kind == LORA_A else (lora.scaling * b).T
             ranks[item.module] = int(a.shape[0])
-        elif item.kind == HEAD:
+        elif item.kind in (HEAD, BOTTLENECK):
             if item.module not in parameters:
+                if item.kind == BOTTLENECK:
+                    continue  # no adapter at this position: the empty default adds nothing
                 raise AdamixError(f"the base takes head tensor {item.module}, which this checkpoint lacks")
             value = parameters[item.module].detach()
             value = value.T if item.transposed else value
+            if item.module.endswith(".down.weight"):
+                ranks[item.module.removesuffix(".down.weight")] = int(value.shape[0 if not item.transposed else 1])
         else:
             raise AdamixError(f"unknown adapter input kind {item.kind!r} in the base manifest")
         value = np.ascontiguousarray(value.float().numpy(), dtype=np.float32)

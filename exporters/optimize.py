@@ -55,11 +55,10 @@ def optimize_adapter_base(
     num_heads: int,
     hidden_size: int,
     lora_weights: dict,
-    head: dict,
-    num_labels: int = 0,
+    replaced: dict,
 ) -> tuple[list, dict]:
     """`optimize_graph` for a base of onnxruntime LoRA adapters: the same fusions with Q/K/V kept apart, then
-    the LoRA and head tensors made graph inputs (`ort_adapters.add_adapter_inputs`). Returns the inputs and the
+    the LoRA, head and bottleneck tensors made graph inputs (`ort_adapters.add_adapter_inputs`). Returns the inputs and the
     fused-operator counts."""
     from adamix_deploy.exporters.ort_adapters import add_adapter_inputs
 
@@ -68,7 +67,7 @@ def optimize_adapter_base(
     tied = share_tied_lm_head(optimized.model)
     if tied:
         fusions["FusedMatMul (tied LM head)"] = tied
-    inputs = add_adapter_inputs(optimized.model, lora_weights, head, num_labels)
+    inputs = add_adapter_inputs(optimized.model, lora_weights, replaced)
     optimized.save_model_to_file(str(output))
     return inputs, fusions
 

@@ -9,11 +9,13 @@ The base graph is the optimised export of the base model (with the first checkpo
   inputs. Their defaults are empty (rank 0), so without an adapter the graph is the base model. The branch
   sits after onnxruntime's fusions, which therefore still apply (BERT-family graphs are fused with
   `MultiHeadAttention`, which keeps the Q/K/V MatMuls apart, so that the branch can reach them);
-- every head tensor (the classifier, and the pooler where the model has one) becomes an input in place of its
-  initializer, with an empty label axis by default: without an adapter a classifier returns no logits.
+- every replaced tensor becomes an input in place of its initializer: the head (the classifier, and the
+  pooler where the model has one), with an empty label axis by default, so that without an adapter a
+  classifier returns no logits; and the static bottleneck of a merged adapter mixture (down, up and their
+  biases), with an empty bottleneck axis by default, so that without an adapter it adds nothing.
 
-Each input's rank (and a classifier's label count) is a symbolic axis, so adapters of different ranks and
-label sets share one base. The weights are found by value, not by name: the exporter and optimiser rename and
+Each input's rank, bottleneck width and a classifier's label count are symbolic axes, so adapters of
+different ranks, widths and label sets share one base. The weights are found by value, not by name: the exporter and optimiser rename and
 transpose initializers, but they do not change their values.
 """
 
@@ -27,7 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from adamix_deploy.errors import AdamixError
 
-LORA_A, LORA_B, HEAD = "lora_a", "lora_b", "head"
+LORA_A, LORA_B, HEAD, BOTTLENECK = "lora_a", "lora_b", "head", "bottleneck"
 
 
 @dataclass(frozen=True)
@@ -35,10 +37,21 @@ class AdapterInput:
     """One graph input an adapter feeds: its name, what it is, the module it belongs to, and its layout."""
 
     name: str
-    kind: str  # LORA_A | LORA_B | HEAD
-    module: str  # the PyTorch module (LoRA) or parameter (head) name
+    kind: str  # LORA_A | LORA_B | HEAD | BOTTLENECK
+    module: str  # the PyTorch module (LoRA) or parameter (head, bottleneck) name
     shape: list  # ints and symbolic axis names
-    transposed: bool = False  # head tensors: the graph holds the parameter transposed
+    transposed: bool = False  # head and bottleneck tensors: the graph holds the parameter transposed
+
+
+@dataclass(frozen=True)
+class ReplacedTensor:
+    """A tensor of the graph that each adapter brings its own of: its value (as PyTorch holds it), its kind,
+    and the axis (PyTorch layout) whose size may differ between adapters, with that axis's symbolic name."""
+
+    value: np.ndarray
+    kind: str  # HEAD | BOTTLENECK
+    axis: int | None = None
+    axis_name: str | None = None
 
 
 def _value_index(graph: onnx.GraphProto) -> dict[tuple, list[onnx.TensorProto]]:
@@ -67,11 +80,11 @@ def _find(by_shape: dict, value: np.ndarray, what: str) -> tuple[onnx.TensorProt
 
 
 def add_adapter_inputs(
-    model: onnx.ModelProto, lora_weights: dict[str, np.ndarray], head: dict[str, np.ndarray], num_labels: int = 0
+    model: onnx.ModelProto, lora_weights: dict[str, np.ndarray], replaced: dict[str, ReplacedTensor]
 ) -> list[AdapterInput]:
     """Rewrite ``model`` in place (see the module docstring). ``lora_weights``: LoRA module name -> its base
-    layer's weight (out x in, as PyTorch holds it); ``head``: parameter name -> value (as PyTorch holds it);
-    ``num_labels``: the head's outputs, whose axis becomes the symbolic ``labels``. Returns the inputs."""
+    layer's weight (out x in, as PyTorch holds it); ``replaced``: parameter name -> the tensor an adapter
+    replaces. Returns the inputs."""
     graph = model.graph
     by_shape = _value_index(graph)
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -105,17 +118,16 @@ def add_adapter_inputs(
             helper.make_node("Add", [base_out, f"{out}/xab"], [out], name=f"{module}/lora_add"),
         ]
         inputs += [a, b]
-    for name, value in sorted(head.items()):
-        init, transposed = _find(by_shape, value, f"head parameter {name}")
+    for name, tensor in sorted(replaced.items()):
+        init, transposed = _find(by_shape, tensor.value, f"{tensor.kind} parameter {name}")
         shape = list(init.dims)
-        label_axis = _label_axis(value, transposed, num_labels)
         default_shape = list(shape)
-        if label_axis is not None:
-            shape[label_axis] = "labels"
-            default_shape[label_axis] = 0
+        if tensor.axis is not None:
+            axis = 1 - tensor.axis if transposed else tensor.axis  # the graph's layout
+            shape[axis], default_shape[axis] = tensor.axis_name, 0
         graph.initializer.remove(init)
         _add_input(graph, name, shape, np.zeros(default_shape, np.float32), rename=(init.name, consumers))
-        inputs.append(AdapterInput(name, HEAD, name, shape, transposed))
+        inputs.append(AdapterInput(name, tensor.kind, name, shape, transposed))
     graph.node.extend(branch_nodes)
     _sort_topologically(graph)
     # the optimiser's inferred shapes know one label count; onnxruntime infers them again from the inputs
@@ -126,15 +138,6 @@ def add_adapter_inputs(
             if output.name == "logits" and len(dims) == 2:
                 dims[1].dim_param = "labels"
     return inputs
-
-
-def _label_axis(value: np.ndarray, transposed: bool, num_labels: int) -> int | None:
-    """The axis that counts labels in the graph's layout: the output features of the head's last layer, the
-    only head tensors whose output size is the label count (a pooler or a RoBERTa head's dense layer is
-    hidden x hidden)."""
-    if not num_labels or value.shape[0] != num_labels:
-        return None
-    return 0 if value.ndim == 1 or not transposed else 1
 
 
 def _add_input(graph, name: str, shape: list, default: np.ndarray, rename=None) -> None:

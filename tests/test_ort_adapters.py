@@ -130,7 +130,7 @@ def test_bad_adapter_exports_get_one_line_and_leave_the_base_alone(tiny_bert, ti
         (("--merge", ckpt, "--adapter-of", base, "--adapter-name", "one"), "exists: pass --overwrite"),
         (("--merge", ckpt, "--adapter-of", base, "--adapter-name", "../escape"), "adapter name"),
         (("--merge", ckpt, "--adapter-of", tmp_path / "folded"), "not a base for adapters"),
-        (("--merge", adapter_ckpt, "--adapter-of", base), "only LoRA mixtures"),
+        (("--merge", adapter_ckpt, "--adapter-of", base), "no bottleneck input for"),
         (("--merge", llama, "--adapter-of", base), "cannot be an adapter of"),
         (("--merge", other_targets, "--adapter-of", base), "no LoRA input for"),
         (("--merge", ckpt, "--adapter-of", base, "--quantize", "int8"), "does not apply to --adapter-of"),
@@ -197,13 +197,13 @@ def test_a_peft_lora_folder_is_an_adapter_too_and_another_base_models_weights_fa
     assert not (base / ADAPTERS_FOLDER / "peft-other").exists() and len(result.stderr.strip().splitlines()) == 1
 
 
-def test_only_the_last_head_layer_gets_the_label_axis_and_the_graph_takes_any_label_count():
+def test_a_replaced_head_takes_any_label_count_and_runs_empty_without_an_adapter():
     """A RoBERTa-style head (dense hidden x hidden, then out_proj labels x hidden) on a hand-built graph."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from adamix_deploy.exporters.ort_adapters import HEAD, add_adapter_inputs
+    from adamix_deploy.exporters.ort_adapters import HEAD, ReplacedTensor, add_adapter_inputs
 
     rng = np.random.default_rng(0)
     dense, out = rng.normal(size=(4, 4)).astype(np.float32), rng.normal(size=(3, 4)).astype(np.float32)
@@ -214,7 +214,11 @@ def test_only_the_last_head_layer_gets_the_label_axis_and_the_graph_takes_any_la
         [numpy_helper.from_array(dense.T.copy(), "Wd"), numpy_helper.from_array(out.T.copy(), "Wo")],
     )  # fmt: skip
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    inputs = add_adapter_inputs(model, {}, {"dense.weight": dense, "out_proj.weight": out}, num_labels=3)
+    replaced = {
+        "dense.weight": ReplacedTensor(dense, HEAD),
+        "out_proj.weight": ReplacedTensor(out, HEAD, 0, "labels"),
+    }
+    inputs = add_adapter_inputs(model, {}, replaced)
     assert {i.name: i.shape for i in inputs if i.kind == HEAD} == {
         "dense.weight": [4, 4],
         "out_proj.weight": [4, "labels"],
@@ -226,3 +230,24 @@ def test_only_the_last_head_layer_gets_the_label_axis_and_the_graph_takes_any_la
     np.testing.assert_allclose(logits, x @ dense.T @ five, rtol=1e-5)
     assert session.run(None, {"x": x})[0].shape == (1, 0)  # the empty default
     onnx.checker.check_model(model)
+
+
+def test_bottleneck_adapter_mixtures_of_different_widths_share_one_base_and_match_their_folded_exports(
+    tiny_bert, tmp_path
+):
+    base = tmp_path / "base"
+    for name, width in (("wide", 8), ("narrow", 4)):
+        spec = MixtureSpec("adapter", experts=3, share="up", bottleneck=width)
+        ckpt = make_checkpoint(tiny_bert, "classification", spec, tmp_path / f"{name}-ckpt")
+        manifest, _ = export_adapter(ckpt, base, name=name)
+        assert set(manifest.ranks.values()) == {width}
+        assert manifest.parity["stages"]["onnx_fp32_adapter"]["max_abs_logit_diff"] <= 1e-4
+        export_checkpoint(ckpt, tmp_path / f"{name}-folded")
+    session, batch = open_session(base / "model.onnx"), _batch(base, TEXTS)
+    for name in ("wide", "narrow"):
+        active = ActiveAdapter(base / ADAPTERS_FOLDER / name / ADAPTER_FILE)
+        folded = classify_logits(open_session(tmp_path / f"{name}-folded" / "model.onnx"), batch)
+        np.testing.assert_allclose(classify_logits(session, batch, active.run_options), folded, atol=1e-4)
+    lora = make_checkpoint(tiny_bert, "classification", MixtureSpec("lora", experts=2, rank=4), tmp_path / "lora")
+    result = run("--merge", lora, "--adapter-of", base)
+    assert result.returncode != 0 and "no LoRA input for" in result.stderr, result.stderr
