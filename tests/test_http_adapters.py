@@ -39,6 +39,14 @@ def folders(tiny_bert, tiny_llama, tmp_path_factory) -> dict:
         ("nlg", tiny_llama, "generation", "eagle", _lora(4), None),
         ("nlg", tiny_llama, "generation", "mill", _lora(2), None),
         ("nlg", tiny_llama, "generation", "extra-gen", _lora(4), None),
+        (
+            "nlu-bottleneck",
+            tiny_bert,
+            "classification",
+            "bottleneck",
+            MixtureSpec("adapter", experts=2, bottleneck=8),
+            ("negative", "positive"),
+        ),
     ]
     for seed, (base, model, task, name, spec, labels) in enumerate(plan):
         ckpt = make_checkpoint(model, task, spec, root / f"{name}-ckpt", labels=labels or ("0", "1"))
@@ -68,7 +76,8 @@ def _reperturb(ckpt, seed: int) -> None:
 @pytest.fixture(scope="module")
 def server(folders, tmp_path_factory):
     root = folders["root"]
-    serve = [root / "nlu", root / "nlg", root / "sentiment-folded", root / "topics-folded", root / "eagle-folded"]
+    serve = [root / "nlu", root / "nlg", root / "nlu-bottleneck", root / "sentiment-folded", root / "topics-folded",
+             root / "eagle-folded", root / "bottleneck-folded"]  # fmt: skip
     log_dir = tmp_path_factory.mktemp("adapter-server")
     with ServerProcess(serve, "--api-key-file", root / "keys", "--threads", "1", "--max-batch-wait-ms", "5",
                        log_dir=log_dir) as process:  # fmt: skip
@@ -104,6 +113,10 @@ def test_each_classification_adapter_equals_its_folded_export_in_a_mixed_concurr
         return by_model
 
     mixed = asyncio.run(load())
+    # an adapter mixture: its merged/ needs adamix's static adapters, so the folded export is the reference
+    bottleneck = _scores(_post(server, "/v1/models/bottleneck/classify", {"inputs": TEXTS}))
+    folded = _scores(_post(server, "/v1/models/bottleneck-folded/classify", {"inputs": TEXTS}))
+    np.testing.assert_allclose(bottleneck, folded, atol=1e-4)
     for name in ("sentiment", "topics"):
         folded = _scores(_post(server, f"/v1/models/{name}-folded/classify", {"inputs": TEXTS}))
         reference = reference_scores(folders["root"] / f"{name}-folded", TEXTS)
