@@ -29,6 +29,7 @@ from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import (
     ADAPTER_FILE,
     ADAPTER_MANIFEST_NAME,
+    ADAPTER_NAME_PATTERN,
     ADAPTERS_FOLDER,
     MANIFEST_NAME,
     ONNX_FILES,
@@ -61,7 +62,7 @@ from adamix_deploy.merge import (
 from adamix_deploy.mixture import set_routing
 from adamix_deploy.mixture_model import POOLER_PATTERN
 
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ADAPTER_NAME = re.compile(ADAPTER_NAME_PATTERN)
 
 
 def export_adapter(

@@ -53,6 +53,8 @@ ADAPTERS_FOLDER = "adapters"
 ADAPTER_FILE = "adapter.onnx_adapter"
 ADAPTER_MANIFEST_NAME = "adapter_manifest.json"
 ADAPTER_FORMAT = "adamix-onnx-adapter"
+# an adapter's name is a folder name and a model name in URLs: letters, digits, '.', '_', '-'
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # How a generation model's input is laid out when a checkpoint names no template: the record, then a newline.
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\n"
 

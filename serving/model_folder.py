@@ -64,7 +64,7 @@ class ServedModel:
     session: ort.InferenceSession | None = None
     providers: list[str] = field(default_factory=list)
     load_seconds: float | None = None
-    # an onnxruntime LoRA adapter of a base folder: it runs the base's session with its adapter active
+    # an onnxruntime adapter (LoRA or bottleneck) of a base folder: it runs the base's session with it active
     base: ServedModel | None = None
     adapter_file: Path | None = None
     active_adapter: ActiveAdapter | None = None

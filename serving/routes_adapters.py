@@ -35,9 +35,10 @@ async def load_adapter(body: s.LoadAdapterRequest, request: Request) -> s.ModelC
         runtime = ModelRuntime(model, state.settings, state.metrics, state.make_batcher)
         try:
             await runtime.start()
-        except ModelFolderError as e:
+        except Exception as e:  # the folder's checks passed, yet onnxruntime refused it: the caller's file
             await runtime.stop()
-            raise ServeError(422, str(e)) from None
+            message = str(e) if isinstance(e, ModelFolderError) else f"{body.path}: the adapter does not run: {e}"
+            raise ServeError(422, message) from None
         state.runtimes[model.name] = runtime
         request.app.openapi_schema = None  # its model-name enums change
     return s.ModelCard(**model.public_card())

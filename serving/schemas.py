@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adamix_deploy.exporters.export_folder import TASKS
+from adamix_deploy.exporters.export_folder import ADAPTER_NAME_PATTERN, TASKS
 
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Stop = str | Annotated[list[str], Field(max_length=8)] | None
@@ -71,7 +71,11 @@ class ModelList(BaseModel):
 # -- adapters (onnxruntime LoRA adapters of a base folder) -----------------------------------------------
 class LoadAdapterRequest(Strict):
     path: str = Field(description="An adapter folder on the server (written by adamix-export --adapter-of).")
-    name: str | None = Field(None, description="The model name to serve it under (default: the adapter's).")
+    name: str | None = Field(
+        None,
+        pattern=ADAPTER_NAME_PATTERN,
+        description="The model name to serve it under (default: the adapter's).",
+    )
     base: str | None = Field(None, description="The base it runs on; may be left out when there is one base.")
 
 

@@ -212,6 +212,7 @@ def test_bad_adapter_requests_get_one_4xx_and_the_server_keeps_serving(server, f
         ({"path": str(root / "extra")}, 422, "name one in"),
         ({"path": str(root / "extra"), "base": "nlu", "name": "sentiment"}, 409, "already served"),
         ({"path": str(root / "extra"), "base": "nlu", "extra_field": 1}, 422, ""),
+        ({"path": str(root / "extra"), "base": "nlu", "name": "../x"}, 422, "name"),
     ]
     for body, status, message in cases:
         answer = _post(server, "/v1/adapters", body)
