@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +220,7 @@ def write_base(
             source=source_info(ckpt, ckpt.folder),
             export_seconds=round(time.perf_counter() - started, 1),
             adapter_base=AdapterBaseInfo(
-                inputs=[i.__dict__ for i in inputs], model_sha256=sha256_file(tmp / ONNX_FILES["fp32"])
+                inputs=[asdict(i) for i in inputs], model_sha256=sha256_file(tmp / ONNX_FILES["fp32"])
             ),
         )
         write_manifest(tmp, manifest)
