@@ -16,10 +16,13 @@ The protocol, fixed before any run:
     lora            the single module: experts 1, no consistency loss (`run_train_e2e_lora_only.sh`)
     adamix-lora-2x  M = 8 A experts, one shared B, consistency weight 100 per target token, trained for
                     ADAMIX_EPOCH_MULTIPLIER (2) x the single LoRA's epochs (official: 4x, 20 vs 5)
-- Learning rate: one for both arms. With more than one value in LRS it is chosen on the validation set only
-  (never on test), by the single LoRA's mean validation token loss (no smoothing) over TUNING_SEEDS (never
-  reused in the final runs), ties to the smaller rate; AdaMix inherits it (the same tuned lr). Neither the
-  epochs nor AdaMix's own rate is tuned: AdaMix's rate is untuned for AdaMix.
+- Learning rate: tuned per arm, alike. With more than one value in LRS each arm's rate is chosen on the
+  validation set only (never on test), by that arm's mean validation token loss (no smoothing, the merged
+  model) over TUNING_SEEDS (never reused in the final runs), ties to the smaller rate. The epochs are not
+  tuned (AdaMix's are its multiplier of the single LoRA's). Changed on 2026-12-01 after one final pair
+  (seed 0): the first version gave AdaMix the single LoRA's tuned rate, untuned for AdaMix, against the
+  issue's "every arm tuned alike"; final runs at a rate the tuning did not choose stay in the runs file and
+  are left out of the report.
 - Final: each arm with SEEDS. Evaluation of the merged model (`average` routing: each side's experts averaged,
   one LoRA's inference cost): greedy decoding of the TEST_MRS test MRs (one prediction per MR, batched with
   left padding and the KV cache), corpus BLEU against all references of each MR (sacrebleu, multi-reference)
@@ -52,10 +55,12 @@ jobs kept it busy (load average 3-5 on its 2 cores): a LoRA step (batch 8, padde
 88 tokens) 5.4 s, an AdaMix step (two passes with 8 A experts, and the per-token KL over the 49k vocabulary)
 12.5 s; evaluation (200 MRs decoded + 400 loss pairs) at most about 3 min per run. With 2 torch threads on
 the shared CPU the same steps took 22 s and 63 s (the threads wait on each other when the other benchmark
-holds a core), hence `--threads 1` by default; on a quiet machine try 2. The plan: 2 tuning runs (LoRA, 64
-steps) + 3 seeds x (LoRA 64 steps + AdaMix 128 steps) = 320 LoRA steps (0.5 h) + 384 AdaMix steps (1.3 h)
-+ 8 evaluations (0.4 h) + model loading: about 2.3 h in all (`timing` prints this projection from the
-step times it measures, so it can be redone on another machine).
+holds a core), hence `--threads 1` by default; on a quiet machine try 2. The plan: 4 tuning runs (LoRA 64
+steps, AdaMix 128 steps, at each of the 2 rates) + 3 seeds x (LoRA 64 steps + AdaMix 128 steps) = 320 LoRA
+steps (0.5 h) + 640 AdaMix steps (2.2 h) + 10 evaluations (0.5 h) + model loading: about 3.3 h in all
+(`timing` prints this projection from the step times it measures, so it can be redone on another machine;
+measured beside another 1-thread job on 2026-12-01: LoRA 11.4 s and AdaMix 22.6 s a step, evaluation 6.5-7.3
+min, so about 5 h there).
 
     python benchmarks/bench_adamix_e2e.py timing [--steps 4] [--threads 1]   # step times + projected plan
     python benchmarks/bench_adamix_e2e.py run    [--limit N] [--device cpu|cuda] [--threads 1]
@@ -321,18 +326,25 @@ def read_runs(results: Path) -> list[dict]:
 
 
 def tuning_plan(sizes: Sizes) -> list[Run]:
+    """Every arm at every rate of LRS, with its own epochs: the single LoRA's first (its runs came first)."""
     if len(sizes.lrs) < 2:
         return []
-    return [Run("tune", SINGLE, lr, sizes.lora_epochs, s) for lr in sizes.lrs for s in sizes.tuning_seeds]
+    return [
+        Run("tune", name, lr, sizes.lora_epochs * arm.epoch_multiplier, s)
+        for name, arm in ARMS.items()
+        for lr in sizes.lrs
+        for s in sizes.tuning_seeds
+    ]
 
 
-def chosen_lr(done: dict, sizes: Sizes) -> float | None:
-    """The single LoRA's learning rate with the lowest mean validation loss; None until every tuning run ran."""
+def chosen_lr(done: dict, sizes: Sizes, arm: str) -> float | None:
+    """``arm``'s learning rate with the lowest mean validation loss; None until its tuning runs all ran."""
     if len(sizes.lrs) < 2:
         return sizes.lrs[0]
+    epochs = sizes.lora_epochs * ARMS[arm].epoch_multiplier
     losses: dict[float, list[float]] = {}
     for row in done.values():
-        if row["phase"] == "tune" and row["arm"] == SINGLE and row["epochs"] == sizes.lora_epochs:
+        if row["phase"] == "tune" and row["arm"] == arm and row["epochs"] == epochs:
             losses.setdefault(row["lr"], []).append(row["scores"]["val"]["loss"])
     complete = {lr: v for lr, v in losses.items() if lr in sizes.lrs and len(v) == len(sizes.tuning_seeds)}
     if len(complete) < len(sizes.lrs):
@@ -341,14 +353,14 @@ def chosen_lr(done: dict, sizes: Sizes) -> float | None:
 
 
 def final_plan(done: dict, sizes: Sizes) -> list[Run]:
-    """Seed by seed across the arms, so that an interrupted benchmark leaves complete pairs to compare."""
-    lr = chosen_lr(done, sizes)
-    if lr is None:
-        return []
+    """Seed by seed across the arms, so that an interrupted benchmark leaves complete pairs to compare; each arm
+    at its own chosen rate, once its tuning is complete."""
+    lrs = {name: chosen_lr(done, sizes, name) for name in ARMS}
     return [
-        Run("final", name, lr, sizes.lora_epochs * arm.epoch_multiplier, seed)
+        Run("final", name, lrs[name], sizes.lora_epochs * arm.epoch_multiplier, seed)
         for seed in sizes.seeds
         for name, arm in ARMS.items()
+        if lrs[name] is not None
     ]
 
 
@@ -382,7 +394,8 @@ def execute(args, sizes: Sizes) -> None:
                 left -= 1
         if left == 0:
             return
-        if phase == "tune" and chosen_lr({r["key"]: r for r in read_runs(results)}, sizes) is None:
+        done = {r["key"]: r for r in read_runs(results)}
+        if phase == "tune" and any(chosen_lr(done, sizes, name) is None for name in ARMS):
             print("the learning-rate check is not complete: final runs wait for it")
             return
 
@@ -447,24 +460,32 @@ def report(args, sizes: Sizes) -> None:
     done = {r["key"]: r for r in read_runs(results)}
     if not done:
         sys.exit(f"no runs in {results / RUNS_FILE} yet: nothing to report")
-    lr = chosen_lr(done, sizes)
+    lrs = {name: chosen_lr(done, sizes, name) for name in ARMS}
     summary = {
         "protocol": {**asdict(sizes), "split_seed": SPLIT_SEED, "batch": BATCH, "max_length": MAX_LENGTH,
                      "adamix_epoch_multiplier": ADAMIX_EPOCH_MULTIPLIER, "recipe": RECIPE, "model": MODEL},
         "splits": make_splits(sizes)["info"] if DATA.is_dir() else None,
-        "tuning": [{"lr": r["lr"], "seed": r["seed"], **{k: r["scores"]["val"][k] for k in ("bleu", "rouge_l", "loss")}}
+        "tuning": [{"arm": r["arm"], "lr": r["lr"], "seed": r["seed"],
+                    **{k: r["scores"]["val"][k] for k in ("bleu", "rouge_l", "loss")}}
                    for r in done.values() if r["phase"] == "tune"],
-        "chosen_lr": lr, "arms": {}, "comparisons": [],
+        "chosen_lr": lrs, "arms": {}, "comparisons": [],
     }  # fmt: skip
     if summary["tuning"]:
-        print("| lr check (single LoRA, validation) | seed | BLEU | ROUGE-L | loss |\n|---|---|---|---|---|")
+        print("| lr check (validation) | arm | seed | BLEU | ROUGE-L | loss |\n|---|---|---|---|---|---|")
         for t in summary["tuning"]:
-            print(f"| {t['lr']:g} | {t['seed']} | {t['bleu']:.2f} | {t['rouge_l']:.2f} | {t['loss']:.4f} |")
-        print(f"chosen lr: {lr if lr is None else f'{lr:g}'}\n")
+            print(
+                f"| {t['lr']:g} | {t['arm']} | {t['seed']} | {t['bleu']:.2f} | {t['rouge_l']:.2f} | {t['loss']:.4f} |"
+            )
+        print(
+            "chosen lr: "
+            + ", ".join(f"{name} {'pending' if lr is None else f'{lr:g}'}" for name, lr in lrs.items())
+            + "\n"
+        )
     finals: dict[str, dict[int, dict]] = {}
     print("| arm | epochs | seeds | BLEU (95 % CI) | ROUGE-L (95 % CI) | test loss (95 % CI) | s/step | train s |")
     print("|---|---|---|---|---|---|---|---|")
     for name in ARMS:
+        lr = lrs[name]
         rows = [r for r in done.values() if r["phase"] == "final" and r["arm"] == name and r["lr"] == lr]
         finals[name] = {r["seed"]: r for r in rows}
         if not rows:
