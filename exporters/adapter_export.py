@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -49,7 +48,7 @@ from adamix_deploy.exporters.onnx_export import export_onnx
 from adamix_deploy.exporters.optimize import optimize_adapter_base
 from adamix_deploy.exporters.ort_adapters import BOTTLENECK, HEAD, LORA_A, LORA_B, AdapterInput, ReplacedTensor
 from adamix_deploy.exporters.parity import ParityError, check_classification, check_generation, parity_inputs
-from adamix_deploy.exporters.pipeline import source_info
+from adamix_deploy.exporters.pipeline import keep_export_files, mixture_info, onnxruntime_version, source_info
 from adamix_deploy.importers import detect_and_load
 from adamix_deploy.inject import set_submodule
 from adamix_deploy.lora import MixtureLoRALinear
@@ -118,16 +117,13 @@ def export_adapter(
         except ParityError as e:
             raise ParityError(f"{e}; is this checkpoint's base model the one {base_folder} was made from "
                               f"({base.base_model.name})?") from None  # fmt: skip
-        mixture = config["mixture"]
         manifest = AdapterManifest(
             name=name,
             task=task,
             labels=config.get("labels"),
             prompt_template=config.get("prompt_template"),
             max_length=config.get("max_length"),
-            mixture=MixtureInfo(
-                **{k: mixture[k] for k in ("method", "experts", "share", "rank", "alpha", "bottleneck")}
-            ),
+            mixture=mixture_info(config),
             merge_method=merge_method,
             base_sha256=base.adapter_base.model_sha256,
             ranks=ranks,
@@ -197,11 +193,7 @@ def write_base(
             raw_onnx, tmp / ONNX_FILES["fp32"], hf.model_type, hf.num_attention_heads, hf.hidden_size,
             lora_weights, replaced,
         )  # fmt: skip
-        for item in raw.iterdir():  # config, generation config and tokenizer files from optimum
-            if item.suffix != ".onnx" and not item.name.endswith(".onnx_data"):
-                shutil.move(str(item), tmp / item.name)
-        shutil.rmtree(raw)
-        import onnxruntime
+        keep_export_files(raw, tmp)
 
         mixture = config["mixture"]
         manifest = Manifest(
@@ -214,7 +206,7 @@ def write_base(
             parameters=None,
             merge_method="none",
             onnx=OnnxInfo(
-                opset, onnxruntime.__version__, {"fp32": ONNX_FILES["fp32"]}, fusions, task == "generation"
+                opset, onnxruntime_version(), {"fp32": ONNX_FILES["fp32"]}, fusions, task == "generation"
             ),
             parity={"note": "each adapter's parity is in its adapter_manifest.json"},
             source=source_info(ckpt, ckpt.folder),

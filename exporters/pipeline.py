@@ -92,10 +92,7 @@ def export_checkpoint(
         if fp16:
             files["fp16"] = ONNX_FILES["fp16"]
             convert_fp16(raw_onnx, tmp / files["fp16"], *shape)
-        for item in raw.iterdir():  # config, generation config and tokenizer files from optimum
-            if item.suffix != ".onnx" and not item.name.endswith(".onnx_data"):
-                shutil.move(str(item), tmp / item.name)
-        shutil.rmtree(raw)
+        keep_export_files(raw, tmp)
         stages = {f"onnx_{precision}": tmp / name for precision, name in files.items()}
         if task in SEQUENCE_TASKS:
             max_length = config.get("max_length", 128)
@@ -110,7 +107,7 @@ def export_checkpoint(
         validation = compare_routings(ckpt, verify_file, max_examples=VALIDATION_EXAMPLES) if verify_file else None
         onnx = OnnxInfo(
             opset,
-            _onnxruntime_version(),
+            onnxruntime_version(),
             files,
             fusions,
             with_past=task == "generation",
@@ -120,26 +117,38 @@ def export_checkpoint(
         return write_manifest(tmp, replace(manifest, validation=validation))
 
 
-def _onnxruntime_version() -> str:
+def onnxruntime_version() -> str:
     import onnxruntime
 
     return onnxruntime.__version__
+
+
+def keep_export_files(raw: Path, folder: Path) -> None:
+    """Move optimum's config, generation config and tokenizer files from its raw export into ``folder``, then
+    drop the raw export (its ONNX files have been optimised into ``folder`` already)."""
+    for item in raw.iterdir():
+        if item.suffix != ".onnx" and not item.name.endswith(".onnx_data"):
+            shutil.move(str(item), folder / item.name)
+    shutil.rmtree(raw)
+
+
+def mixture_info(config: dict) -> MixtureInfo:
+    """The manifest's description of a checkpoint's mixture."""
+    mixture = config["mixture"]
+    return MixtureInfo(**{k: mixture[k] for k in ("method", "experts", "share", "rank", "alpha", "bottleneck")})
 
 
 def _manifest(
     ckpt: MixtureCheckpoint, source: Path, merge_method: str, onnx: OnnxInfo, parity: dict, started: float
 ) -> Manifest:
     config = ckpt.config
-    mixture = config["mixture"]
     return Manifest(
         task=config["task"],
         labels=config.get("labels"),
         prompt_template=config.get("prompt_template"),
         max_length=config.get("max_length"),
         base_model=BaseModelInfo(**config["base_model"]),
-        mixture=MixtureInfo(
-            **{k: mixture[k] for k in ("method", "experts", "share", "rank", "alpha", "bottleneck")}
-        ),
+        mixture=mixture_info(config),
         parameters=config.get("parameters"),
         merge_method=merge_method,
         onnx=onnx,
