@@ -38,9 +38,10 @@ no GPU lent; the whole plan has to fit in about 2-3 CPU hours, spread over sessi
 - epochs: LORA_EPOCHS (1) for LoRA and 2x that (2) for AdaMix, not 5 and 20: 64 / 128 steps of batch 8,
   not ~26k / ~105k. Two epochs for LoRA (four for AdaMix) would cost about 4 h, over the budget;
 - AdaMix's budget: ADAMIX_EPOCH_MULTIPLIER = 2x the single LoRA's epochs, not the official 4x;
-- learning rate: the official 2e-4 barely moves in 64 steps, so LRS = (5e-4, 2e-3) are checked on the single
-  LoRA with one tuning seed on the devset validation MRs (a 2-point check, not a search); AdaMix takes the
-  single LoRA's rate, untuned for AdaMix; the checkpoint is the last one (no model selection);
+- learning rate: the official 2e-4 barely moves in 64 steps, so LRS = (5e-4, 2e-3) are checked on each arm
+  with one tuning seed on the devset validation MRs (a 2-point check, not a search: the single LoRA chose the
+  upper rate and AdaMix the lower, both at an edge of the grid); the checkpoint is the last one (no model
+  selection);
 - warm-up: the official ~2 % as a ratio (1 / 2 steps here), not a fixed 500 / 2000 steps;
 - sequence length: MAX_LENGTH 128 tokens for template(MR) + reference + eos (1 of the 4,672 devset pairs is
   longer and is cut), not 512;
