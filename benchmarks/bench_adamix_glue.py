@@ -13,6 +13,10 @@ The protocol, fixed before any run:
   per-task tuning (no budget for it on this CPU): every arm is transferred from SST-2 the same way.
 - SEEDS seeds per arm; report the metric's mean with a 95 % t-interval and the per-seed paired differences
   (same split, same seed) with their t-interval and the number of seeds won.
+- Added on 2026-12-01 after the first two seeds, before the third (it feeds no choice): each single module also
+  at its AdaMix arm's epochs (`adapter-6ep`, `lora-6ep`, run after the main plan), because AdaMix-2x trains
+  twice as long as the single module and on STS-B the single module's 3 epochs (tuned on SST-2) may stop short:
+  the control tells the mixture's effect from the longer schedule's.
 
     python benchmarks/bench_adamix_glue.py splits      # needs ../shared/data
     python benchmarks/bench_adamix_glue.py run [--device cuda] [--threads 2] [--limit N]
@@ -157,16 +161,35 @@ def run_one(run: Run, model: str, splits: Path, device: str | None, threads: int
 
 
 # -- the plan ----------------------------------------------------------------------------------------------------
-def plan(sst2_results: Path) -> list[Run]:
-    """Seed by seed, pair by pair, so that an interrupted benchmark leaves complete pairs."""
+def arm_settings(sst2_results: Path) -> dict[str, tuple[float, int]]:
+    """Each arm's (lr, epochs) as tuned on SST-2."""
     sst2 = {r["key"]: r for r in read_runs(sst2_results)}
     settings = {arm: chosen(sst2, arm) for pair in PAIRS for arm in pair}
     missing = [arm for arm, setting in settings.items() if setting is None]
     if missing:
         sys.exit(f"the SST-2 tuning of {', '.join(missing)} is not finished (bench_adamix.py tune)")
-    return [
+    return settings
+
+
+def plan(settings: dict[str, tuple[float, int]]) -> list[Run]:
+    """Seed by seed, pair by pair, so that an interrupted benchmark leaves complete pairs; then the longer-schedule
+    controls (each single module at its AdaMix arm's epochs), seed by seed."""
+    main = [
         Run(task, arm, *settings[arm], seed) for seed in SEEDS for task in TASKS for pair in PAIRS for arm in pair
     ]
+    controls = [Run(task, single, settings[single][0], settings[adamix][1], seed)
+                for seed in SEEDS for task in TASKS for adamix, single in PAIRS]  # fmt: skip
+    return main + controls
+
+
+def arm_label(row: dict, settings: dict[str, tuple[float, int]]) -> str:
+    """The arm's name, or `<arm>-<epochs>ep` for a run at other epochs than the arm's own (a control)."""
+    return row["arm"] if row["epochs"] == settings[row["arm"]][1] else f"{row['arm']}-{row['epochs']}ep"
+
+
+def comparisons(settings: dict[str, tuple[float, int]]) -> list[tuple[str, str]]:
+    """(arm, against) label pairs: AdaMix vs its single module, and vs the single module at AdaMix's epochs."""
+    return PAIRS + [(adamix, f"{single}-{settings[adamix][1]}ep") for adamix, single in PAIRS]
 
 
 def execute(todo: list[Run], args) -> None:
@@ -191,6 +214,7 @@ def read_glue_runs(results: Path) -> list[dict]:
 def report(args) -> None:
     results = Path(args.results)
     rows = read_glue_runs(results)
+    settings = arm_settings(Path(args.sst2_results))
     summary = {"protocol": {"SPLIT_SEED": SPLIT_SEED, "TRAIN_SIZE": TRAIN_SIZE, "VAL_SIZE": VAL_SIZE,
                             "SEEDS": SEEDS, "settings": "transferred from the SST-2 tuning"},
                "tasks": {}}  # fmt: skip
@@ -202,13 +226,13 @@ def report(args) -> None:
         by_arm: dict[str, dict[int, dict]] = {}
         for r in rows:
             if r["task"] == task_name:
-                by_arm.setdefault(r["arm"], {})[r["seed"]] = r
+                by_arm.setdefault(arm_label(r, settings), {})[r["seed"]] = r
         entry = {"metric": metric, "arms": {}, "comparisons": []}
         print(f"\n{task.folder} ({metric}, x100; test = official dev)")
         print("| arm | lr | epochs | seeds | val | test (95 % CI) | ensemble test | train s |")
         print("|---|---|---|---|---|---|---|---|")
         for arm, seeds in by_arm.items():
-            runs = list(seeds.values())
+            runs = [seeds[s] for s in sorted(seeds)]
             test = t_interval([100 * r["scores"]["test_average"][metric] for r in runs])
             val = t_interval([100 * r["scores"]["val_average"][metric] for r in runs])
             ensemble = ([100 * r["scores"]["test_ensemble"][metric] for r in runs]
@@ -222,7 +246,7 @@ def report(args) -> None:
                   f"{test[0]:.2f} [{test[1]:.2f}, {test[2]:.2f}] | {ens} | {seconds} |")  # fmt: skip
         print("\n| AdaMix arm vs single | paired seeds | mean test difference (95 % CI) | seeds won |")
         print("|---|---|---|---|")
-        for arm, other in PAIRS:
+        for arm, other in comparisons(settings):
             seeds = sorted(set(by_arm.get(arm, {})) & set(by_arm.get(other, {})))
             if len(seeds) < 2:
                 continue
@@ -286,7 +310,7 @@ def main() -> None:
         if not (Path(args.splits) / "cola" / "train.tsv").exists():
             sys.exit(f"no splits in {args.splits}: run `splits` first")
         Path(args.results).mkdir(parents=True, exist_ok=True)
-        execute(plan(Path(args.sst2_results)), args)
+        execute(plan(arm_settings(Path(args.sst2_results))), args)
 
 
 if __name__ == "__main__":
