@@ -11,29 +11,38 @@ import click
 from click.core import ParameterSource
 
 from adamix_deploy.command import run_one_line_errors
-from adamix_deploy.config import INITS, RECIPES, default_epochs, default_recipe
+from adamix_deploy.config import (
+    DEFAULT_LR,
+    INITS,
+    METHODS,
+    PLACEMENTS,
+    RECIPE_CHOICES,
+    SHARE_CHOICES,
+    default_epochs,
+    field_default,
+    train_options,
+)
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import TASKS
 from adamix_deploy.training_report import headline
 
-
-def _with_recipe(ctx: click.Context, options: dict) -> dict:
-    """The recipe's values for every option left at its default; what the user typed wins."""
-    name = options["recipe"]
-    if name == "auto":
-        name = (
-            default_recipe(options["task"] or "classification", options["method"])
-            if options["method"] != "head"
-            else None
-        )
-    if name in (None, "none"):
-        return options
-    typed = {key for key in options if ctx.get_parameter_source(key) not in (ParameterSource.DEFAULT, None)}
-    return {**options, **{k: v for k, v in RECIPES[name].items() if k not in typed}, "recipe": name}
+# Options of the command that are not training options, and CLI names that differ from the field names.
+_NOT_OPTIONS = {"recipe", "resume", "overwrite", "threads"}
+_RENAMED = {"lora_alpha": "alpha", "no_header": "header", "quiet": "progress"}
+_INVERTED = {"no_header", "quiet"}  # flags that turn a field off
 
 
-def _patterns(value: str | None) -> list[str] | None:
-    return [p.strip() for p in value.split(",") if p.strip()] if value else None
+def chosen_options(ctx: click.Context, values: dict) -> dict:
+    """The training options the user typed, by field name. The options' defaults are the dataclasses' (for
+    ``--help``) and are not passed on: `config.train_options` gives the recipe's value first."""
+    chosen = {}
+    for key, value in values.items():
+        if key in _NOT_OPTIONS or ctx.get_parameter_source(key) in (ParameterSource.DEFAULT, None):
+            continue
+        if key == "targets":
+            value = [p.strip() for p in value.split(",") if p.strip()] or None
+        chosen[_RENAMED.get(key, key)] = not value if key in _INVERTED else value
+    return chosen
 
 
 @click.command("adamix-train")
@@ -42,77 +51,109 @@ def _patterns(value: str | None) -> list[str] | None:
 @click.option("--train-file", type=click.Path(), help=".tsv, .csv or .jsonl with a header.")
 @click.option("--eval-file", type=click.Path(), help="Evaluated after each epoch.")
 @click.option("--output", required=True, type=click.Path(), help="Checkpoint folder to write.")
-@click.option("--method", type=click.Choice(["adapter", "lora", "head"]), default="adapter", show_default=True)
+@click.option("--method", type=click.Choice(METHODS), default=field_default("method"), show_default=True)
 @click.option(
     "--recipe",
-    type=click.Choice(["auto", "none", *RECIPES]),
+    type=click.Choice(RECIPE_CHOICES),
     default="auto",
     show_default=True,
     help="The official AdaMix settings (README); auto: by task and method. Options you give override it.",
 )
-@click.option("--experts", type=int, default=4, show_default=True, help="Experts per side; 1 = single module.")
+@click.option(
+    "--experts",
+    type=int,
+    default=field_default("experts"),
+    show_default=True,
+    help="Experts per side; 1 = single module.",
+)
 @click.option(
     "--share",
-    type=click.Choice(["up", "down", "none"]),
-    default="up",
+    type=click.Choice(SHARE_CHOICES),
+    default=field_default("share"),
     show_default=True,
     help="One shared module for this side (LoRA: down = A, up = B).",
 )
-@click.option("--bottleneck", type=int, default=16, show_default=True, help="Adapter width.")
-@click.option("--rank", type=int, default=8, show_default=True, help="LoRA rank.")
-@click.option("--lora-alpha", type=float, default=16.0, show_default=True)
-@click.option("--lora-dropout", type=float, default=0.0, show_default=True)
+@click.option(
+    "--bottleneck", type=int, default=field_default("bottleneck"), show_default=True, help="Adapter width."
+)
+@click.option("--rank", type=int, default=field_default("rank"), show_default=True, help="LoRA rank.")
+@click.option("--lora-alpha", type=float, default=field_default("alpha"), show_default=True)
+@click.option("--lora-dropout", type=float, default=field_default("lora_dropout"), show_default=True)
 @click.option(
     "--init",
     type=click.Choice(INITS),
-    default="official",
+    default=field_default("init"),
     show_default=True,
     help="official: LoRA A experts identical copies, adapters N(0, 0.02); kaiming-zero-up: independent draws, up = 0.",
 )
 @click.option(
     "--placement",
-    type=click.Choice(["ffn", "ffn+attn"]),
-    default="ffn",
+    type=click.Choice(PLACEMENTS),
+    default=field_default("placement"),
     show_default=True,
     help="Adapter positions: after the FFN output (reference), optionally after attention too.",
 )
 @click.option("--targets", help="Comma-separated module-name patterns (regex), overriding family defaults.")
-@click.option("--consistency-weight", type=float, default=1.0, show_default=True)
+@click.option("--consistency-weight", type=float, default=field_default("consistency_weight"), show_default=True)
 @click.option(
-    "--epochs", type=int, help="Default: 3 for one module (--experts 1), 6 for a mixture (tuned, README)."
+    "--epochs",
+    type=int,
+    help=f"Default: {default_epochs(1)} for one module (--experts 1), {default_epochs(2)} for a mixture (tuned, README).",
 )
-@click.option("--batch-size", type=int, default=16, show_default=True)
-@click.option("--lr", type=float, help="Default: 3e-3 adapter and LoRA, 2e-2 head only.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--label-smoothing", type=float, default=0.0, show_default=True, help="Generation's task loss.")
+@click.option("--batch-size", type=int, default=field_default("batch_size"), show_default=True)
 @click.option(
-    "--train-pooler",
+    "--lr", type=float, help="Default: " + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items()) + "."
+)
+@click.option("--weight-decay", type=float, default=field_default("weight_decay"), show_default=True)
+@click.option(
+    "--label-smoothing",
+    type=float,
+    default=field_default("label_smoothing"),
+    show_default=True,
+    help="Generation's task loss.",
+)
+@click.option(
+    "--train-pooler/--no-train-pooler",
+    default=None,
+    help="Also train the pooler's dense layer with the head (models that have one). Default: the recipe's.",
+)
+@click.option(
+    "--freeze-head",
     is_flag=True,
-    help="Also train the pooler's dense layer with the head (models that have one).",
+    help="Keep the task head the model folder already has frozen (it must fit the labels). Default: it trains.",
 )
-@click.option("--warmup-ratio", type=float, default=0.06, show_default=True)
-@click.option("--max-length", type=int, default=128, show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--warmup-ratio", type=float, default=field_default("warmup_ratio"), show_default=True)
+@click.option("--max-length", type=int, default=field_default("max_length"), show_default=True)
+@click.option("--seed", type=int, default=field_default("seed"), show_default=True)
 @click.option("--text-column")
 @click.option("--pair-column", help="Second text of pair tasks (auto: sentence2 / hypothesis).")
-@click.option("--label-column", default="label", show_default=True)
+@click.option("--label-column", help="Default: label (regression: label or score).")
 @click.option("--no-header", is_flag=True, help="Header-less TSV (CoLA): column options are positions 0, 1, ...")
 @click.option("--prompt-column")
 @click.option("--target-column")
 @click.option("--max-train-examples", type=int, help="A fixed seeded subset of the training file.")
 @click.option("--max-eval-examples", type=int)
 @click.option(
-    "--eval-routing", default="average", show_default=True, help="average | random | ensemble | expert:i"
+    "--eval-routing",
+    default=field_default("eval_routing"),
+    show_default=True,
+    help="average | random | ensemble | expert:i",
 )
 @click.option(
     "--generate-eval",
     type=int,
-    default=0,
+    default=field_default("generate_eval"),
     show_default=True,
     help="Generation: greedy-decode this many eval inputs at the end for BLEU / ROUGE-L.",
 )
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
-@click.option("--save-every", type=int, default=0, show_default=True, help="Also checkpoint every N steps.")
+@click.option("--max-new-tokens", type=int, default=field_default("max_new_tokens"), show_default=True)
+@click.option(
+    "--save-every",
+    type=int,
+    default=field_default("save_every"),
+    show_default=True,
+    help="Also checkpoint every N steps.",
+)
 @click.option("--stop-after", type=int, help="Save and stop after N steps (continue with --resume).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --output.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output.")
@@ -121,62 +162,21 @@ def _patterns(value: str | None) -> list[str] | None:
 @click.pass_context
 def train_cli(ctx: click.Context, **o) -> None:
     """Train an AdaMix mixture (adapters or LoRA) and write a mixture checkpoint."""
-    from adamix_deploy.config import MixtureSpec, TrainOptions
     from adamix_deploy.train import train
 
-    o = _with_recipe(ctx, o)
+    chosen = chosen_options(ctx, o)
+    if o["resume"]:  # the run's settings come from the checkpoint; only these two from the command line
+        chosen = {"model": "", "task": "classification", "train_file": "", "output": o["output"],
+                  **{k: chosen[k] for k in ("stop_after", "progress") if k in chosen}}  # fmt: skip
+    else:
+        missing = [name for name in ("model", "task", "train_file") if not o[name]]
+        if missing:
+            raise click.UsageError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    options = train_options(o["recipe"], **chosen)
     if o["threads"]:
         import torch
 
         torch.set_num_threads(o["threads"])
-    if not o["resume"]:
-        missing = [name for name in ("model", "task", "train_file") if not o[name]]
-        if missing:
-            raise click.UsageError("missing " + ", ".join("--" + m.replace("_", "-") for m in missing))
-    spec = MixtureSpec(
-        method=o["method"],
-        experts=o["experts"],
-        share=o["share"],
-        rank=o["rank"],
-        alpha=o["lora_alpha"],
-        lora_dropout=o["lora_dropout"],
-        bottleneck=o["bottleneck"],
-        placement=o["placement"],
-        init=o["init"],
-        targets=_patterns(o["targets"]),
-    )
-    options = TrainOptions(
-        model=o["model"] or "",
-        task=o["task"] or "classification",
-        train_file=o["train_file"] or "",
-        output=o["output"],
-        eval_file=o["eval_file"],
-        mixture=spec,
-        consistency_weight=o["consistency_weight"],
-        epochs=o["epochs"] if o["epochs"] is not None else default_epochs(o["experts"]),
-        batch_size=o["batch_size"],
-        lr=o["lr"],
-        weight_decay=o["weight_decay"],
-        warmup_ratio=o["warmup_ratio"],
-        max_length=o["max_length"],
-        seed=o["seed"],
-        text_column=o["text_column"],
-        pair_column=o["pair_column"],
-        label_column=o["label_column"],
-        header=not o["no_header"],
-        label_smoothing=o["label_smoothing"],
-        train_pooler=o["train_pooler"],
-        prompt_column=o["prompt_column"],
-        target_column=o["target_column"],
-        max_train_examples=o["max_train_examples"],
-        max_eval_examples=o["max_eval_examples"],
-        eval_routing=o["eval_routing"],
-        generate_eval=o["generate_eval"],
-        max_new_tokens=o["max_new_tokens"],
-        save_every=o["save_every"],
-        stop_after=o["stop_after"],
-        progress=not o["quiet"],
-    )
     result = train(options, resume=o["resume"], overwrite=o["overwrite"])
     if os.environ.get("RANK", "0") == "0":  # under torchrun, one summary (process 0's), not one per process
         click.echo(json.dumps(result, indent=2))

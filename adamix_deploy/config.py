@@ -1,6 +1,10 @@
-"""The configuration of a training run, as plain dataclasses: what the CLI builds, what a checkpoint records
+"""The configuration of a training run, as plain dataclasses: what a checkpoint records
 (``adamix_config.json``), what the quickstart and the benchmarks pass. Reading a checkpoint's config imports
 this module only, not torch.
+
+The dataclasses own every default; `train_options` is the one way from what a user chose to a `TrainOptions`:
+the recipe's values for what they left out, then those defaults. `adamix-train` calls it with the options typed
+on the command line, so the CLI and the Python API build equal options from equal choices.
 
 Validation happens once, here, when a config is built (and in the CLI's option types); the modules built
 from a config trust it.
@@ -8,7 +12,7 @@ from a config trust it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE, TASKS
@@ -85,24 +89,28 @@ def default_epochs(experts: int) -> int:
 # r 4, alpha 32, LoRA dropout 0.1, label smoothing 0.1, --share_B 1, weight decay 0.01, consistency x 100,
 # warm-up 2000 of ~105k steps). The official repository has no NLU LoRA script: `nlu-lora` is the NLG LoRA
 # module (identical A copies, shared B) with the NLU training settings and the LoRA paper's r 8 / alpha 16.
+# Keys are field names of TrainOptions or MixtureSpec.
 RECIPES: dict[str, dict[str, object]] = {
     "nlu-adapter": {
         "experts": 4, "share": "up", "bottleneck": 16, "init": "official", "consistency_weight": 1.0,
         "weight_decay": 0.1, "warmup_ratio": 0.06, "train_pooler": True,
     },
     "nlu-lora": {
-        "experts": 4, "share": "up", "rank": 8, "lora_alpha": 16.0, "init": "official", "consistency_weight": 1.0,
+        "experts": 4, "share": "up", "rank": 8, "alpha": 16.0, "init": "official", "consistency_weight": 1.0,
         "weight_decay": 0.1, "warmup_ratio": 0.06, "train_pooler": True,
     },
     "nlg-lora": {
-        "experts": 8, "share": "up", "rank": 4, "lora_alpha": 32.0, "lora_dropout": 0.1, "init": "official",
+        "experts": 8, "share": "up", "rank": 4, "alpha": 32.0, "lora_dropout": 0.1, "init": "official",
         "consistency_weight": 100.0, "weight_decay": 0.01, "warmup_ratio": 0.02, "label_smoothing": 0.1,
     },
 }  # fmt: skip
 
 
+RECIPE_CHOICES = ("auto", "none", *RECIPES)
+
+
 def default_recipe(task: str, method: str) -> str | None:
-    """The recipe ``--recipe auto`` picks: the official setting of that task family and method, if any."""
+    """The recipe ``auto`` picks: the official setting of that task family and method, if any."""
     family = "nlg" if task == "generation" else "nlu"
     name = f"{family}-{method}"
     return name if name in RECIPES else None
@@ -116,8 +124,9 @@ class TrainOptions:
     output: str
     eval_file: str | None = None
     mixture: MixtureSpec = field(default_factory=MixtureSpec)
+    recipe: str = "none"  # the recipe `train_options` applied (a record: building TrainOptions applies none)
     consistency_weight: float = 1.0
-    epochs: int = 3
+    epochs: int | None = None  # None: default_epochs of the mixture
     batch_size: int = 16
     lr: float | None = None  # None: DEFAULT_LR of the method
     weight_decay: float = 0.0
@@ -126,13 +135,14 @@ class TrainOptions:
     seed: int = 42
     text_column: str | None = None
     pair_column: str | None = None
-    label_column: str = "label"
+    label_column: str | None = None  # None: "label", or for regression "label" or "score" (GLUE's STS-B)
     prompt_column: str | None = None
     target_column: str | None = None
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     header: bool = True  # False: the files have no header row; column options are positions (0, 1, ...)
     label_smoothing: float = 0.0  # generation's task loss (0.1 in the official E2E runs)
     train_pooler: bool = False  # also train the pooler's dense layer with the head, where the model has one
+    freeze_head: bool = False  # keep a task head the model folder already has (and that fits) frozen
     device: str | None = None  # torch device to train on; None: cuda when available, else cpu
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
@@ -144,6 +154,12 @@ class TrainOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.epochs is None:
+            self.epochs = default_epochs(self.mixture.experts)
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.mixture.method]
+        if self.recipe not in RECIPES and self.recipe != "none":
+            raise AdamixError(f"recipe must be one of none, {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.task not in TASKS:
             raise AdamixError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.task != "generation" and self.label_smoothing:
@@ -154,6 +170,10 @@ class TrainOptions:
             raise AdamixError(
                 "--train-pooler applies to classification and regression (a language model has no pooler)"
             )
+        if self.task == "generation" and self.freeze_head:
+            raise AdamixError(
+                "--freeze-head applies to classification and regression (a language model has no head)"
+            )
         if not self.header:
             for name in ("text_column", "pair_column", "label_column"):
                 value = getattr(self, name)
@@ -161,7 +181,7 @@ class TrainOptions:
                     raise AdamixError(
                         f"without a header, --{name.replace('_', '-')} is a column position (0, 1, ...), got {value!r}"
                     )
-            if self.text_column is None:
+            if self.text_column is None or self.label_column is None:
                 raise AdamixError("without a header, give --text-column and --label-column as positions")
         if self.task == "generation" and self.mixture.method == "head":
             raise AdamixError(
@@ -170,7 +190,7 @@ class TrainOptions:
         for name in ("epochs", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise AdamixError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.lr is not None and self.lr <= 0:
+        if self.lr <= 0:
             raise AdamixError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise AdamixError(f"weight decay must be >= 0, got {self.weight_decay}")
@@ -195,3 +215,35 @@ class TrainOptions:
     @classmethod
     def from_dict(cls, data: dict) -> TrainOptions:
         return cls(**{**data, "mixture": MixtureSpec.from_dict(data["mixture"])})
+
+
+_MIXTURE_FIELDS = {f.name for f in fields(MixtureSpec)} - {"modules"}
+_OPTION_FIELDS = {f.name for f in fields(TrainOptions)} - {"mixture", "recipe"}
+
+
+def field_default(name: str) -> object:
+    """The default of a TrainOptions or MixtureSpec field (what ``--help`` shows): the dataclasses own them."""
+    for cls in (TrainOptions, MixtureSpec):
+        for f in fields(cls):
+            if f.name == name:
+                return f.default_factory() if f.default is MISSING else f.default
+    raise KeyError(name)
+
+
+def train_options(recipe: str = "auto", **chosen: object) -> TrainOptions:
+    """TrainOptions from what a user chose, for `adamix-train` and the Python API alike. ``chosen`` holds
+    TrainOptions and MixtureSpec fields by name (``model``, ``task``, ``method``, ``experts``, ``lr`` ...),
+    only those the user set; ``recipe`` (``auto``: by task and method; ``none``; or a name in RECIPES) gives
+    its value for every field not chosen; the dataclasses' defaults fill the rest."""
+    if recipe not in RECIPE_CHOICES:
+        raise AdamixError(f"recipe must be one of {', '.join(RECIPE_CHOICES)}, got {recipe!r}")
+    unknown = sorted(set(chosen) - _MIXTURE_FIELDS - _OPTION_FIELDS)
+    if unknown:
+        raise AdamixError(f"unknown training option {unknown[0]!r}")
+    method = str(chosen.get("method", field_default("method")))
+    if recipe == "auto":
+        task = str(chosen.get("task", "classification"))
+        recipe = (default_recipe(task, method) if method != "head" else None) or "none"
+    values = {**(RECIPES[recipe] if recipe != "none" else {}), **chosen}
+    spec = MixtureSpec(**{k: v for k, v in values.items() if k in _MIXTURE_FIELDS})
+    return TrainOptions(mixture=spec, recipe=recipe, **{k: v for k, v in values.items() if k in _OPTION_FIELDS})

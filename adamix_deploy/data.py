@@ -2,7 +2,7 @@
 
 Classification: a text column (``sentence``, ``text``, ``sentence1``, ``premise`` or ``question`` unless
 named), an optional second text for pair tasks (``sentence2``, ``hypothesis``), and a ``label`` column.
-Regression (STS-B): the same, with a numeric label column (``--label-column score``).
+Regression (STS-B): the same, with a numeric ``label`` or ``score`` column (GLUE's STS-B calls it ``score``).
 Header-less TSVs (CoLA's train and dev): ``header=False`` names the columns by position, "0", "1", ...
 Files may start with a UTF-8 byte-order mark, as some GLUE distributions do.
 Generation: ``prompt`` and ``target`` columns, or the E2E csv (``mr``, ``ref``), or WebNLG JSON lines
@@ -23,6 +23,8 @@ from adamix_deploy.errors import DataError
 
 TEXT_COLUMNS = ("sentence", "text", "sentence1", "premise", "question")
 PAIR_COLUMNS = {"sentence1": "sentence2", "premise": "hypothesis", "question": "sentence"}
+LABEL_COLUMNS = ("label",)
+SCORE_COLUMNS = ("label", "score")  # regression
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
@@ -90,7 +92,7 @@ def _pick_column(
 ) -> str:
     if wanted:
         if wanted not in columns:
-            raise DataError(f"{path}: no column {wanted!r} (columns: {', '.join(columns)})")
+            raise DataError(f"{path}: no {what} column {wanted!r} (columns: {', '.join(columns)})")
         return wanted
     for name in candidates:
         if name in columns:
@@ -110,13 +112,13 @@ def read_classification(
     path: str | Path,
     text_column: str | None = None,
     pair_column: str | None = None,
-    label_column: str = "label",
+    label_column: str | None = None,
     labels: Sequence[str] | None = None,
     header: bool = True,
     regression: bool = False,
 ) -> list[ClassificationExample]:
     """Examples of a labelled file; with ``labels`` given, a label outside the set is an error. With
-    ``regression``, every label must be a number."""
+    ``regression``, every label must be a number. Columns not named are looked for by their usual names."""
     path = Path(path)
     rows = _nonempty(path, read_rows(path, header))
     columns = list(rows[0].keys())
@@ -125,7 +127,7 @@ def read_classification(
         pair_column = PAIR_COLUMNS[text_col]
     if pair_column:
         _pick_column(path, columns, pair_column, (), "text pair")
-    label_col = _pick_column(path, columns, label_column, (), "label")
+    label_col = _pick_column(path, columns, label_column, SCORE_COLUMNS if regression else LABEL_COLUMNS, "label")
     allowed = set(labels) if labels is not None else None
     examples = []
     for number, row in enumerate(rows, 1):

@@ -21,7 +21,7 @@ from transformers import get_linear_schedule_with_warmup
 from adamix_deploy.atomic import recover_interrupted_replace
 from adamix_deploy.checkpoint import read_config, read_training_state, save_checkpoint
 from adamix_deploy.collate import collate, encode_classification, encode_generation, model_input_names
-from adamix_deploy.config import DEFAULT_LR, TrainOptions
+from adamix_deploy.config import TrainOptions
 from adamix_deploy.data import group_references, label_set, read_classification, read_generation, seeded_subset
 from adamix_deploy.distributed import Distributed
 from adamix_deploy.errors import AdamixError
@@ -104,8 +104,9 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "right"
     model, head = build_mixture_model(
-        model_path, options.task, labels, spec, tokenizer, train_pooler=options.train_pooler
-    )
+        model_path, options.task, labels, spec, tokenizer, train_pooler=options.train_pooler,
+        freeze_head=options.freeze_head, notice=(lambda line: print(line, file=sys.stderr)) if dist.is_main else None,
+    )  # fmt: skip
     n_trainable, n_total = count_parameters(model)
     # GPU runs differ from CPU runs only in floating-point order (and a resume there reuses the CPU RNG only)
     device = dist.choose_device(options.device)
@@ -120,8 +121,7 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
         eval_items = encode_generation(tokenizer, eval_examples, options.prompt_template, options.max_length)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    lr = options.lr or DEFAULT_LR[spec.method]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=options.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=options.lr, weight_decay=options.weight_decay)
     steps_per_epoch = math.ceil(len(train_items) / options.batch_size)  # the global batch under torchrun
     total_steps = steps_per_epoch * options.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(options.warmup_ratio * total_steps), total_steps)

@@ -216,25 +216,14 @@ class Run:
 
 def train_options(arm: Arm, train_file: Path, output: Path, lr: float, epochs: int, seed: int, device, **extra):
     """TrainOptions of one arm: the recipe applied as `adamix-train --recipe nlg-lora` applies it (its value
-    for every option not given), then the arm's experts and consistency weight."""
-    from adamix_deploy.config import RECIPES, MixtureSpec, TrainOptions
+    for every option not given, `config.train_options`), then the arm's experts and consistency weight."""
+    from adamix_deploy.config import train_options as resolve
 
-    recipe = RECIPES[RECIPE]
-    spec = MixtureSpec(
-        "lora",
-        experts=recipe["experts"] if arm.experts is None else arm.experts,
-        share=recipe["share"],
-        rank=recipe["rank"],
-        alpha=recipe["lora_alpha"],
-        lora_dropout=recipe["lora_dropout"],
-        init=recipe["init"],
-    )
-    return TrainOptions(
-        model=MODEL, task="generation", train_file=str(train_file), output=str(output), mixture=spec,
-        consistency_weight=recipe["consistency_weight"] if arm.consistency is None else arm.consistency,
-        epochs=epochs, batch_size=BATCH, lr=lr, weight_decay=recipe["weight_decay"],
-        warmup_ratio=recipe["warmup_ratio"], label_smoothing=recipe["label_smoothing"], max_length=MAX_LENGTH,
-        seed=seed, progress=False, device=device, **extra,
+    arm_choices = {"experts": arm.experts, "consistency_weight": arm.consistency}
+    return resolve(
+        RECIPE, model=MODEL, task="generation", train_file=str(train_file), output=str(output), method="lora",
+        epochs=epochs, batch_size=BATCH, lr=lr, max_length=MAX_LENGTH, seed=seed, progress=False, device=device,
+        **{k: v for k, v in arm_choices.items() if v is not None}, **extra,
     )  # fmt: skip
 
 

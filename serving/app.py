@@ -82,13 +82,12 @@ def create_app(
     app.include_router(routes_openai.router, **guarded)
     app.include_router(routes_adapters.router, **guarded)
     # KServe v2: the health routes stay open like the probes; the rest is guarded like the native routes, with
-    # the 401 documented in the protocol's error shape, which KServeErrorShape gives every error on /v2 routes
+    # the 401 documented in the protocol's error shape, which KServeErrorShape gives every error under /v2
     app.include_router(routes_kserve.health_router)
     kserve_guarded = {**guarded, "responses": routes_kserve.kserve_error_docs(401)} if guarded else {}
     app.include_router(routes_kserve.router, **kserve_guarded)
     # added after BodyLimitAndMetrics, so it wraps it and also reshapes that middleware's 413
-    kserve_routes = routes_kserve.health_router.routes + routes_kserve.router.routes
-    app.add_middleware(routes_kserve.KServeErrorShape, routes=kserve_routes)
+    app.add_middleware(routes_kserve.KServeErrorShape, prefix="/v2")
     app.openapi = lambda: openapi_with_model_names(app, runtimes, settings)
     return app
 

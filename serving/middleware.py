@@ -15,10 +15,15 @@ only returns ``http.disconnect``, so the body cannot be drained *after* the resp
 ``Connection: close`` would let uvicorn itself discard the body on a kept-alive connection, but with no
 bound at all: a client could stream forever. So the 413 is sent first (status, headers and the whole JSON
 payload with ``more_body=True``, so clients that read early see it at once and no ``100 Continue`` is ever
-sent), the body is then read and dropped up to LINGER_MAX_BYTES or LINGER_SECONDS, whichever comes first,
-and only then is the response finished, which makes uvicorn close the connection (nginx's lingering close).
-A body announced (Content-Length) as larger than the bound is not drained at all: the reset is certain then,
-and reading part of it would only cost time.
+sent), then the body is read and dropped until it ends or the client closes, and only then is the response
+finished, which makes uvicorn close the connection cleanly (FIN, no RST), as nginx's lingering close does.
+
+Like nginx's, the drain is bounded mainly by time: LINGER_SECONDS in all (nginx's ``lingering_time``) and
+LINGER_IDLE_SECONDS without any byte (nginx's ``lingering_timeout``), so a stalled client is let go after the
+idle bound and a trickling one after the total bound; LINGER_MAX_BYTES also caps what a fast client can make
+the server read. Whichever bound comes first ends the drain, and the close then may be a reset: the client
+was sending more than the bounds allow. A body announced (Content-Length) as larger than LINGER_MAX_BYTES is
+not drained at all: the reset is certain then, and reading part of it would only cost time.
 """
 
 from __future__ import annotations
@@ -30,9 +35,18 @@ import time
 from adamix_deploy.serving.errors import error_body
 from adamix_deploy.serving.metrics import ServerMetrics
 
-# The most an over-limit request may cost after its 413: bytes read and dropped, and seconds spent on it.
-LINGER_MAX_BYTES = 4 << 20
-LINGER_SECONDS = 2.0
+# The most an over-limit request may cost after its 413 (see the module docstring), whichever comes first:
+# seconds in all (nginx's lingering_time default), seconds without a byte (nginx's lingering_timeout default:
+# long enough for TCP retransmissions on a lossy link, short enough that a stalled client goes soon), and bytes
+# read and dropped. The drained bytes cost CPU, not memory (uvicorn buffers at most 64 KiB of them), and over a
+# slow link the time bound comes first (10 Mbit/s sends about 37 MB in 30 s); the byte cap is for fast links
+# (loopback, LAN), where a client could otherwise make the server parse several GB within the time bound.
+# 64 MiB is 64 times the default --max-body-bytes and covers the uploads a client of this API plausibly
+# sends by mistake (a whole file, a batch far over --max-inputs: tens of MB); draining it over loopback
+# takes well under a second. A bigger body is cut off and its sender may see a reset instead of the 413.
+LINGER_SECONDS = 30.0
+LINGER_IDLE_SECONDS = 5.0
+LINGER_MAX_BYTES = 64 << 20
 
 
 class BodyLimitAndMetrics:
@@ -92,22 +106,23 @@ class BodyLimitAndMetrics:
 
 
 async def _drain(receive) -> None:
-    """Read and drop the rest of a refused body, within LINGER_MAX_BYTES and LINGER_SECONDS."""
-
-    async def read() -> None:
-        dropped = 0
-        while dropped <= LINGER_MAX_BYTES:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client closed: nothing left to protect
-            dropped += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                return
-
-    try:
-        await asyncio.wait_for(read(), LINGER_SECONDS)
-    except asyncio.TimeoutError:
-        pass  # a stalled or slow client: close anyway
+    """Read and drop the rest of a refused body until it ends or the client closes, within LINGER_SECONDS in
+    all, LINGER_IDLE_SECONDS between messages and LINGER_MAX_BYTES."""
+    deadline = time.monotonic() + LINGER_SECONDS
+    dropped = 0
+    while dropped < LINGER_MAX_BYTES:
+        wait = min(LINGER_IDLE_SECONDS, deadline - time.monotonic())
+        if wait <= 0:
+            return  # a client that keeps sending, slowly: close anyway
+        try:
+            message = await asyncio.wait_for(receive(), wait)
+        except asyncio.TimeoutError:
+            return  # a stalled client (or the total bound): close anyway
+        if message["type"] != "http.request":
+            return  # the client closed: nothing left to protect
+        dropped += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _replay(body: bytes, receive):

@@ -8,14 +8,13 @@ and answers ``label`` (BYTES [N]) and ``scores`` (FP32 [N, num_labels], columns 
 ``labels`` parameter), or ``score`` (FP32 [N]) for a regression model. It goes through `ModelRuntime.classify`,
 so batching, limits and errors are those of ``/v1/models/{name}/classify``. JSON tensor data may be flat or
 nested as the shape; the binary tensor extension (``Inference-Header-Content-Length``, tritonclient's default)
-works both ways. `KServeErrorShape` gives every error on these paths the protocol's ``{"error": "message"}``
-body, with the project's status codes."""
+works both ways. `KServeErrorShape` gives every error under ``/v2`` (these routes' paths and any unknown one)
+the protocol's ``{"error": "message"}`` body, with the project's status codes."""
 
 from __future__ import annotations
 
 import json
 import math
-import re
 import struct
 from collections.abc import Callable, Coroutine
 from importlib.metadata import PackageNotFoundError, version
@@ -40,7 +39,7 @@ HEADER_LENGTH = "inference-header-content-length"  # the binary tensor extension
 
 
 def kserve_error_docs(*statuses: int) -> dict:
-    """`error_docs` with the protocol's error body, which `KServeErrorShape` gives every /v2 error."""
+    """`error_docs` with the protocol's error body, which `KServeErrorShape` gives every error under /v2."""
     return {code: {**doc, "model": k.KServeError} for code, doc in error_docs(*statuses).items()}
 
 
@@ -360,21 +359,26 @@ async def _json_part(request: Request, header: str | None) -> Request:
 
 # -- error shape ------------------------------------------------------------------------------------------
 class KServeErrorShape:
-    """ASGI middleware: on the /v2 routes' paths, rewrites the project's error body ``{"error": {"message",
-    "type", "code"}}`` into the protocol's ``{"error": "message"}``, status and headers unchanged.
+    """ASGI middleware: on every path under ``prefix`` (``/v2`` and ``/v2/...``, not ``/v2x``), rewrites the
+    project's error body ``{"error": {"message", "type", "code"}}`` into the protocol's ``{"error": "message"}``,
+    status and headers unchanged.
 
     A middleware rather than handlers in the routes, because some of these errors never reach a route: the 413
-    of the body-limit middleware and Starlette's 405. It must sit outside `BodyLimitAndMetrics`. The 413 sends
-    its payload with ``more_body=True`` before draining the refused body, so a payload is rewritten as soon as
-    it parses and the later (empty) messages pass through. Paths that match no /v2 route (404 for an unknown
-    path) keep the project's shape."""
+    of the body-limit middleware, Starlette's 405, and the 404 of a path that matches no route. That last one
+    is why the whole prefix is covered and not only the routes' paths: clients of the protocol call paths this
+    server does not serve, such as tritonclient's ``get_model_repository_index()`` (``POST
+    /v2/repository/index``, Triton's model repository extension, which the server metadata does not list), and
+    tritonclient can only raise a readable exception from a string ``error``. It must sit outside
+    `BodyLimitAndMetrics`. The 413 sends its payload with ``more_body=True`` before draining the refused body,
+    so a payload is rewritten as soon as it parses and the later (empty) messages pass through."""
 
-    def __init__(self, app, routes: list) -> None:
+    def __init__(self, app, prefix: str = "/v2") -> None:
         self.app = app
-        self.paths: list[re.Pattern] = [route.path_regex for route in routes]
+        self.prefix = prefix
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or not any(p.match(scope["path"]) for p in self.paths):
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not (path == self.prefix or path.startswith(self.prefix + "/")):
             return await self.app(scope, receive, send)
         start: dict | None = None
         buffer = b""

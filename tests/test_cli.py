@@ -132,9 +132,9 @@ def bad_input_cases(tiny_bert, sentiment_files, tmp_path):
         ),
         "missing column": (
             ["--model", tiny_bert, "--task", "classification", "--train-file", no_label],
-            "no column 'label'",
+            "no label column: expected one of label (columns: sentence, score)",
         ),
-        "wrong text column": ([*base, "--text-column", "review"], "no column 'review'"),
+        "wrong text column": ([*base, "--text-column", "review"], "no text column 'review'"),
         "label not in set": ([*base, "--eval-file", wrong_labels], "label '2', not in the label set"),
         "empty data": (
             ["--model", tiny_bert, "--task", "classification", "--train-file", empty],

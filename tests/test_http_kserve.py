@@ -204,8 +204,25 @@ def test_errors_on_v2_routes_have_the_protocol_shape(server):
     assert "not valid JSON" in kserve_error(broken, 422)
     assert "limit" in kserve_error(httpx.post(server.url + infer, content=b"x" * 70000), 413)
     assert kserve_error(httpx.get(server.url + infer), 405)
-    # a path that is no /v2 route keeps the project's shape (tests/test_http_errors.py)
-    assert httpx.get(server.url + "/v2/anything").json()["error"]["code"] == 404
+
+
+def test_unknown_v2_paths_have_the_protocol_shape(server, client):
+    """Every path under /v2 answers errors in the protocol's shape, routes or not: tritonclient calls some that
+    are not served, such as the model repository extension's index (not in the server metadata's
+    ``extensions``), and needs a string message to raise a readable exception."""
+    error = failure(client.get_model_repository_index)
+    assert error.status() == "404" and error.message() == "Not Found"
+    assert str(error) == "[404] Not Found"
+    assert kserve_error(httpx.post(server.url + "/v2/repository/index", json={}), 404) == "Not Found"
+    assert kserve_error(httpx.get(server.url + "/v2/nonexistent"), 404) == "Not Found"
+    assert kserve_error(httpx.get(server.url + "/v2/models/sentiment/versions/1"), 404) == "Not Found"
+    assert kserve_error(httpx.post(server.url + "/v2"), 405)  # a route, with another method
+    # only the /v2 prefix itself: a path that merely starts with "v2" keeps the project's shape
+    assert httpx.get(server.url + "/v2x").json()["error"] == {
+        "message": "Not Found",
+        "type": "not_found_error",
+        "code": 404,
+    }
 
 
 def test_api_key_guards_v2_but_not_its_health_routes(exports, tmp_path):

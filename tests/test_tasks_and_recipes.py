@@ -9,7 +9,7 @@ import random
 
 import httpx
 import pytest
-from conftest import POSITIVE, sentiment_rows, write_table
+from conftest import POSITIVE, SHARED_DATA, sentiment_rows, write_table
 from server_process import ServerProcess
 from test_cli import run
 
@@ -162,5 +162,108 @@ def test_a_leading_byte_order_mark_is_not_part_of_the_first_column(tmp_path):
     file.write_bytes("\ufefflabel\tsentence\n1\tgood film\n0\tbad film\n".encode())
     examples = read_classification(file)
     assert [(e.text, e.label) for e in examples] == [("good film", "1"), ("bad film", "0")]
-    with pytest.raises(DataError, match="no column 'nope'"):
+    with pytest.raises(DataError, match="no label column 'nope'"):
         read_classification(file, label_column="nope")
+
+
+# -- one owner of the defaults: the CLI and the Python API build equal options ------------------------------------
+def options_built_by_the_cli(monkeypatch, args: list[str]):
+    """The TrainOptions `adamix-train ARGS` hands to `train`, caught in-process (nothing trains)."""
+    from click.testing import CliRunner
+
+    import adamix_deploy.train
+    from adamix_deploy.cli import train_cli
+
+    caught = {}
+
+    def fake_train(options, resume=False, overwrite=False):
+        caught["options"] = options
+        return {}
+
+    monkeypatch.setattr(adamix_deploy.train, "train", fake_train)
+    result = CliRunner().invoke(train_cli, [*args, "--output", "out"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return caught["options"]
+
+
+FILES = {"model": "m", "train_file": "t.tsv", "output": "out"}
+
+
+@pytest.mark.parametrize(
+    ("args", "chosen", "recipe"),
+    [
+        (["--task", "classification", "--method", "lora"], {"task": "classification", "method": "lora"}, "auto"),
+        (["--task", "classification"], {"task": "classification"}, "auto"),
+        (["--task", "generation", "--method", "lora", "--experts", "2", "--lora-alpha", "8", "--quiet"],
+         {"task": "generation", "method": "lora", "experts": 2, "alpha": 8.0, "progress": False}, "auto"),
+        (["--task", "regression", "--method", "head", "--no-train-pooler", "--label-column", "score"],
+         {"task": "regression", "method": "head", "train_pooler": False, "label_column": "score"}, "auto"),
+        (["--task", "classification", "--recipe", "nlu-adapter", "--method", "lora", "--no-header",
+          "--text-column", "3", "--label-column", "1", "--targets", "query, key"],
+         {"task": "classification", "method": "lora", "header": False, "text_column": "3", "label_column": "1",
+          "targets": ["query", "key"]}, "nlu-adapter"),
+    ],
+)  # fmt: skip
+def test_the_cli_and_the_python_api_build_equal_options(monkeypatch, args, chosen, recipe):
+    from adamix_deploy.config import train_options
+
+    built = options_built_by_the_cli(
+        monkeypatch, ["--model", "m", "--train-file", "t.tsv", *args, "--recipe", recipe]
+    )
+    assert built == train_options(recipe, **FILES, **chosen)
+
+
+def test_plain_train_options_equal_the_cli_without_a_recipe(monkeypatch):
+    """`TrainOptions(...)` applies no recipe and has the CLI's defaults: a mixture trains 6 epochs either way."""
+    from adamix_deploy.config import MixtureSpec, TrainOptions
+
+    built = options_built_by_the_cli(
+        monkeypatch, ["--model", "m", "--train-file", "t.tsv", "--task", "classification", "--recipe", "none"]
+    )
+    direct = TrainOptions(**FILES, task="classification", mixture=MixtureSpec())
+    assert built == direct and direct.epochs == 6 and direct.lr == 3e-3 and direct.recipe == "none"
+    assert TrainOptions(**FILES, task="classification", mixture=MixtureSpec(experts=1)).epochs == 3
+
+
+def test_train_options_refuses_what_is_not_an_option():
+    from adamix_deploy.config import train_options
+    from adamix_deploy.errors import AdamixError
+
+    with pytest.raises(AdamixError, match="unknown training option 'lora_alpha'"):
+        train_options(**FILES, task="classification", lora_alpha=8.0)
+    with pytest.raises(AdamixError, match="recipe must be one of"):
+        train_options("paper", **FILES, task="classification")
+
+
+# -- STS-B as GLUE distributes it --------------------------------------------------------------------------------
+STSB_HEADER = ["index", "genre", "filename", "year", "old_index", "source1", "source2"]
+
+
+def test_stsb_as_distributed_finds_its_score_column(tiny_bert, tmp_path):
+    """GLUE's STS-B: ten columns, the target called `score`; no column option needed."""
+    rows = [{**dict.fromkeys(STSB_HEADER, "x"), **row} for row in similarity_rows(48, 3)]
+    train_file = write_table(tmp_path / "train.tsv", rows)
+    result = run("adamix-train", "--model", tiny_bert, "--task", "regression", "--train-file", train_file,
+                 "--eval-file", train_file, "--method", "lora", "--experts", "2", "--epochs", "1", "--quiet",
+                 "--output", tmp_path / "run")  # fmt: skip
+    assert json.loads(result.stdout)["metric"]["name"] == "pearson"
+    examples = read_classification(train_file, regression=True)
+    assert (examples[0].text, examples[0].text_pair, examples[0].label) == (
+        rows[0]["sentence1"],
+        rows[0]["sentence2"],
+        rows[0]["score"],
+    )
+
+
+def test_a_missing_label_column_names_what_was_tried(tmp_path):
+    file = write_table(tmp_path / "f.tsv", [{"sentence1": "a", "sentence2": "b", "target": "1"}] * 2)
+    with pytest.raises(DataError, match=r"no label column: expected one of label, score \(columns: sentence1, "):
+        read_classification(file, regression=True)
+    with pytest.raises(DataError, match=r"no label column: expected one of label \(columns"):
+        read_classification(file)  # classification: a score is no class label
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "glue" / "STS-B" / "dev.tsv").is_file(), reason="../shared/data absent")
+def test_the_real_stsb_dev_file_reads_as_regression():
+    examples = read_classification(SHARED_DATA / "glue" / "STS-B" / "dev.tsv", regression=True)
+    assert len(examples) == 1500 and all(0 <= float(e.label) <= 5 and e.text_pair for e in examples)
