@@ -1,6 +1,6 @@
-"""onnxruntime-genai as the peer of our quantised decoder (issue 12), run by `bench_quantize.py` with the Python of
-a separate environment: genai's model builder needs transformers >= 5, this project pins 4.57, so the two never
-share a venv. This file imports nothing of adamix_deploy.
+"""onnxruntime-genai as the peer of our quantised decoder, run by `benchmarks.decoder_quantization` with the Python
+of a separate environment: genai's model builder needs transformers >= 5, this project pins 4.57, so the two
+never share a venv. This file imports nothing of adamix_deploy nor of the benchmarks, and runs as a script.
 
     python3 -m venv /work/genai-venv
     /work/genai-venv/bin/pip install torch==2.13.0 onnxruntime-genai 'transformers>=5,<6' onnx onnx_ir

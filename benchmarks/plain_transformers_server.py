@@ -1,5 +1,5 @@
-"""The baseline of bench_serve.py: the server a user would otherwise write in ten lines (FastAPI + a
-transformers pipeline on PyTorch), serving the same merged model folder.
+"""The baseline of `benchmarks.serving_throughput`: the server a user would otherwise write in ten lines (FastAPI +
+a transformers pipeline on PyTorch), serving the same merged model folder.
 
     MODEL_DIR=deploy/sst2/merged uvicorn benchmarks.plain_transformers_server:app --port 8001
 """

@@ -24,7 +24,7 @@ from adamix_deploy.demo.formatting import (
     meaning_representation,
     model_card_markdown,
 )
-from adamix_deploy.serving.results import Finished
+from adamix_deploy.serving.engine.results import Finished
 
 log = logging.getLogger("adamix.demo")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from adamix_deploy.errors import AdamixError
-from adamix_deploy.serving.results import Classification, Finished
+from adamix_deploy.serving.engine.results import Classification, Finished
 
 
 class DemoError(AdamixError):

@@ -40,7 +40,7 @@ def demo_cli(folders, server, api_key_file, host, port, precision, threads, gpu)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry calls from an offline machine
     if server:  # client mode imports neither onnxruntime nor FastAPI
         from adamix_deploy.demo.http_backend import HTTPBackend
-        from adamix_deploy.serving.api_keys import read_api_keys
+        from adamix_deploy.serving.http.api_keys import read_api_keys
 
         key = read_api_keys(api_key_file)[0] if api_key_file else None
         backend = HTTPBackend(server, key)

@@ -10,7 +10,7 @@ from urllib.parse import quote
 import httpx
 
 from adamix_deploy.demo.backend import DemoError, Sampling
-from adamix_deploy.serving.results import Classification, Finished
+from adamix_deploy.serving.engine.results import Classification, Finished
 
 
 class HTTPBackend:

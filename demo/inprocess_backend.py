@@ -10,12 +10,12 @@ from pathlib import Path
 
 from adamix_deploy.demo.backend import DemoError, Sampling
 from adamix_deploy.errors import AdamixError
+from adamix_deploy.serving.engine.results import Classification, Finished, TextDelta
+from adamix_deploy.serving.engine.runtime import ModelRuntime, ServerSettings
+from adamix_deploy.serving.engine.sampling import SamplingParams
 from adamix_deploy.serving.errors import ServeError
+from adamix_deploy.serving.http.server import check_folders
 from adamix_deploy.serving.metrics import ServerMetrics
-from adamix_deploy.serving.results import Classification, Finished, TextDelta
-from adamix_deploy.serving.runtime import ModelRuntime, ServerSettings
-from adamix_deploy.serving.sampling import SamplingParams
-from adamix_deploy.serving.server import check_folders
 
 
 class InProcessBackend:

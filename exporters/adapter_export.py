@@ -8,6 +8,20 @@ LoRA, head and bottleneck tensors as inputs, `exporters.ort_adapters`);
 then the adapter's tensors as that graph's inputs want them, checked on the base graph against the merged
 PyTorch model (the reference of a folded export's parity too), written to ``BASE/adapters/<name>/`` in one
 rename. Adding an adapter never rewrites the base. The folder format is `exporters.export_folder`.
+
+What a base can adapt is one of two sets fixed by its model's family, not whatever its first checkpoint
+changed (`base_layers`): the whole task head, pooler included (`replaced_tensors`), and LoRA inputs, each
+empty by default, either on the family's default LoRA layers (``lora_layers="default"``: those `adamix-train`
+and PEFT both target by default, BERT/RoBERTa/Llama query and value, GPT-2 c_attn) or on every linear layer
+of the model's body (``"all"``, `adaptable_layers`: for BERT also key, the attention output, intermediate and
+output dense layers; Llama o/gate/up/down; GPT-2 c_proj and c_fc). "default" takes "all" when the first
+checkpoint adapts a layer beyond the defaults. Every layer is not the default because each empty branch still
+costs passes over its layer's output (MiniLM-L6 on CPU, 36 layers against 12: 3-7 % slower at batch 1 and 8,
+`benchmarks/adapter_base_inputs.py`).
+So a base made from a PEFT folder with LoRA on query/value takes a default-recipe checkpoint (query/value and a
+trained pooler), and the other way round. Only bottleneck positions come from the first checkpoint (a
+bottleneck-adapter mixture's, with their width). Whatever a checkpoint changes that its base takes no input for
+is refused before anything is written, in one line naming those tensors (`adapter_tensors`).
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.pytorch_utils import Conv1D
 
 from adamix_deploy.adapter import LinearWithAdapter
 from adamix_deploy.atomic import atomic_directory
@@ -28,6 +43,7 @@ from adamix_deploy.checkpoint import MixtureCheckpoint
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import (
     ADAPTER_FILE,
+    ADAPTER_LORA_LAYERS,
     ADAPTER_MANIFEST_NAME,
     ADAPTER_NAME_PATTERN,
     ADAPTERS_FOLDER,
@@ -50,7 +66,7 @@ from adamix_deploy.exporters.ort_adapters import BOTTLENECK, HEAD, LORA_A, LORA_
 from adamix_deploy.exporters.parity import ParityError, check_classification, check_generation, parity_inputs
 from adamix_deploy.exporters.pipeline import keep_export_files, mixture_info, onnxruntime_version, source_info
 from adamix_deploy.importers import detect_and_load
-from adamix_deploy.inject import set_submodule
+from adamix_deploy.inject import FAMILY_TARGETS, matching_modules, set_submodule
 from adamix_deploy.lora import MixtureLoRALinear
 from adamix_deploy.merge import (
     BottleneckAdapter,
@@ -77,9 +93,13 @@ def export_adapter(
     greedy_steps: int = 16,
     parity_prompts: int = 4,
     opset: int = 18,
+    lora_layers: str = "default",
 ) -> tuple[AdapterManifest, bool]:
-    """Write ``base_folder/adapters/<name>/`` (and the base itself when ``base_folder`` is not one yet).
-    Returns the adapter's manifest and whether the base was created."""
+    """Write ``base_folder/adapters/<name>/`` (and the base itself when ``base_folder`` is not one yet, with
+    LoRA inputs on ``lora_layers``: see the module docstring). Returns the adapter's manifest and whether the
+    base was created."""
+    if lora_layers not in ADAPTER_LORA_LAYERS:
+        raise AdamixError(f"lora_layers must be one of {', '.join(ADAPTER_LORA_LAYERS)}, got {lora_layers!r}")
     source, base_folder = Path(source), Path(base_folder)
     name = name or source.stem
     if not ADAPTER_NAME.match(name):
@@ -97,11 +117,11 @@ def export_adapter(
     if created:
         if base_folder.exists() and any(base_folder.iterdir()):
             raise AdamixError(f"{base_folder} is not empty and has no {MANIFEST_NAME}: not a base for adapters")
-        write_base(ckpt, merged, loras, base_folder, opset)
+        write_base(ckpt, merged, loras, base_folder, opset, lora_layers)
     base = read_manifest(base_folder)
     _check_base(base, ckpt.config, base_folder)
     inputs = [AdapterInput(**i) for i in base.adapter_base.inputs]
-    tensors, ranks = adapter_tensors(merged, loras, inputs, merge_method)
+    tensors, ranks = adapter_tensors(merged, loras, inputs, merge_method, ckpt.config.get("head"), base_folder)
     task, config = ckpt.config["task"], ckpt.config
     samples = parity_inputs(task, verify_file, config, parity_prompts)
     stages = {"onnx_fp32_adapter": base_folder / ONNX_FILES["fp32"]}
@@ -143,19 +163,57 @@ def _lora_modules(model: torch.nn.Module) -> dict[str, MixtureLoRALinear]:
     return loras
 
 
-def _replaced_tensors(merged: torch.nn.Module, config: dict) -> dict[str, ReplacedTensor]:
-    """The tensors each adapter brings its own of, besides LoRA: the head (classifier and pooler; the axis
+def adaptable_layers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """The layers a base takes LoRA on, by the name a checkpoint of its model gives them: every linear layer
+    (``nn.Linear``, GPT-2's ``Conv1D``) of the model's body (``base_model_prefix``), which are its attention
+    and feed-forward projections: not the task head, the pooler or the LM head (an adapter brings those whole,
+    `replaced_tensors`), nor a merged bottleneck's own layers. A layer that a bottleneck follows (the
+    ``base`` of a `LinearWithAdapter`) goes by its wrapper's name, the name it has in the plain model."""
+    prefix = getattr(model, "base_model_prefix", "")
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    bottlenecks = tuple(f"{n}." for n, m in model.named_modules() if isinstance(m, BottleneckAdapter))
+    layers = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, (torch.nn.Linear, Conv1D)) or module is output or name.startswith(bottlenecks):
+            continue
+        if (prefix and not name.startswith(f"{prefix}.")) or POOLER_PATTERN.search(f"{name}.weight"):
+            continue
+        parent, _, child = name.rpartition(".")
+        if child == "base" and isinstance(model.get_submodule(parent), LinearWithAdapter):
+            name = parent
+        layers[name] = module
+    return layers
+
+
+def base_layers(
+    model: torch.nn.Module, loras: dict[str, MixtureLoRALinear], replaced: dict, lora_layers: str
+) -> dict[str, torch.nn.Module]:
+    """The layers a new base takes LoRA on: every layer of ``model`` (`adaptable_layers`) with ``"all"``, or
+    for an unknown family, or when the checkpoint ``loras`` adapts a layer beyond its family's default LoRA
+    layers (a LoRA on a head layer is not one: the head is replaced whole); else those default layers."""
+    layers = adaptable_layers(model)
+    defaults = FAMILY_TARGETS.get(model.config.model_type, {}).get("lora")
+    if lora_layers == "all" or not defaults:
+        return layers
+    chosen = set(matching_modules(model, list(defaults))) & set(layers)
+    beyond = [n for n in loras if n not in chosen and f"{n}.weight" not in replaced]
+    return layers if beyond else {n: m for n, m in layers.items() if n in chosen}
+
+
+def replaced_tensors(model: torch.nn.Module, task: str) -> dict[str, ReplacedTensor]:
+    """The tensors each adapter brings its own of, besides LoRA: a sequence task's whole head (every parameter
+    outside the model's body, and the pooler's dense layer, whether or not the checkpoint trained them; the axis
     whose size is the label count varies) and every collapsed bottleneck (its width varies)."""
     replaced = {}
-    if config["task"] in SEQUENCE_TASKS:
-        head_names, labels = set(config.get("head") or []), merged.config.num_labels
-        for name, p in merged.named_parameters():
-            if name in head_names or POOLER_PATTERN.search(name):
+    if task in SEQUENCE_TASKS:
+        prefix, labels = getattr(model, "base_model_prefix", ""), model.config.num_labels
+        for name, p in model.named_parameters():
+            if (prefix and not name.startswith(f"{prefix}.")) or POOLER_PATTERN.search(name):
                 value = p.detach().float().numpy()
                 varies = value.shape[0] == labels and not POOLER_PATTERN.search(name)  # the last layer's outputs
                 replaced[name] = ReplacedTensor(value, HEAD, 0 if varies else None, "labels" if varies else None)
     for index, (name, module) in enumerate(
-        n for n in merged.named_modules() if isinstance(n[1], BottleneckAdapter)
+        n for n in model.named_modules() if isinstance(n[1], BottleneckAdapter)
     ):
         width = f"bottleneck_{index}"
         for part, axis in (("down.weight", 0), ("down.bias", 0), ("up.weight", 1), ("up.bias", None)):
@@ -166,6 +224,24 @@ def _replaced_tensors(merged: torch.nn.Module, config: dict) -> dict[str, Replac
     return replaced
 
 
+def _mark_replaced(model: torch.nn.Module, replaced: dict[str, ReplacedTensor]) -> dict[str, ReplacedTensor]:
+    """Give every replaced parameter of ``model`` a value of its own, seeded, and return the tensors with those
+    values. The graph inputs are placed by value (`ort_adapters`), and the ONNX exporter writes equal tensors
+    once: a pooler's all-zero bias (a randomly initialised model's; MiniLM's is all zeros too) would share one
+    initializer with every other all-zero bias and LayerNorm shift, and an input put in its place would feed
+    them all (a checkpoint that trains the pooler then fails parity on that base). The values do not
+    matter otherwise: each adapter brings its own, and without one the inputs' defaults are empty."""
+    generator = torch.Generator().manual_seed(0)
+    marked = {}
+    with torch.no_grad():
+        for name, tensor in replaced.items():
+            parameter = model.get_parameter(name)
+            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+            marked[name] = ReplacedTensor(parameter.detach().float().numpy().copy(), tensor.kind, tensor.axis,
+                                          tensor.axis_name)  # fmt: skip
+    return marked
+
+
 def _weight_out_in(layer: torch.nn.Module) -> np.ndarray:
     """A linear layer's weight as (out, in): GPT-2's Conv1D stores it (in, out)."""
     weight = layer.weight.detach().float().numpy()
@@ -173,18 +249,24 @@ def _weight_out_in(layer: torch.nn.Module) -> np.ndarray:
 
 
 def write_base(
-    ckpt: MixtureCheckpoint, merged: torch.nn.Module, loras: dict[str, MixtureLoRALinear], folder: Path, opset: int
+    ckpt: MixtureCheckpoint,
+    merged: torch.nn.Module,
+    loras: dict[str, MixtureLoRALinear],
+    folder: Path,
+    opset: int,
+    lora_layers: str = "default",
 ) -> None:
-    """The base model of ``ckpt`` as a graph whose LoRA targets, head and bottlenecks take adapter inputs:
-    ``merged`` with its LoRA layers back to the base layers (the head and collapsed bottlenecks stay, as the
-    templates the inputs replace); written atomically."""
+    """The base model of ``ckpt`` as a graph whose linear layers (`base_layers`), head and bottlenecks take
+    adapter inputs: ``merged`` with its LoRA layers back to the base layers (the head and collapsed
+    bottlenecks stay, as the templates the inputs replace); written atomically."""
     started = time.perf_counter()
     config, task = ckpt.config, ckpt.config["task"]
     base_model = copy.deepcopy(merged)
     for module_name, lora in loras.items():
         set_submodule(base_model, module_name, copy.deepcopy(lora.base))
-    lora_weights = {n: _weight_out_in(m.base) for n, m in loras.items()}
-    replaced = _replaced_tensors(base_model, config)
+    replaced = _mark_replaced(base_model, replaced_tensors(base_model, task))
+    layers = base_layers(base_model, loras, replaced, lora_layers)
+    lora_weights = {n: _weight_out_in(m) for n, m in layers.items()}
     with atomic_directory(folder) as tmp:
         raw = tmp / ".raw"
         raw_onnx = export_onnx(base_model, ckpt.tokenizer, task, raw, opset)
@@ -238,23 +320,23 @@ def _check_base(base: Manifest, config: dict, folder: Path) -> None:
 
 
 def adapter_tensors(
-    merged: torch.nn.Module, loras: dict[str, MixtureLoRALinear], inputs: list[AdapterInput], method: str
+    merged: torch.nn.Module,
+    loras: dict[str, MixtureLoRALinear],
+    inputs: list[AdapterInput],
+    method: str,
+    trained: list[str] | None = None,
+    base_folder: str | Path = "the base",
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """The merged checkpoint as the base graph's adapter inputs, each in the graph's layout: LoRA ``a`` = A'ᵀ
     (in x r) and ``b`` = (scaling·B')ᵀ (r x out) from the mixture modules ``loras``; head and bottleneck
     tensors from ``merged`` as the graph holds them. Returns the tensors and each module's rank (or bottleneck
-    width). A module the base has no input for, or a shape it cannot take, is an error."""
-    targets = {i.module for i in inputs if i.kind in (LORA_A, LORA_B)}
-    extra = sorted(set(loras) - targets)
-    if extra:
-        raise AdamixError(f"this checkpoint adapts {extra[0]}, which the base has no LoRA input for "
-                          f"(the base's LoRA modules: {', '.join(sorted(targets)) or 'none'})")  # fmt: skip
-    taken = {i.module for i in inputs if i.kind == BOTTLENECK}
-    bottlenecks = [n for n, m in merged.named_modules() if isinstance(m, BottleneckAdapter)]
-    missing = [n for n in bottlenecks if f"{n}.down.weight" not in taken]
-    if missing:
-        raise AdamixError(f"this checkpoint has an adapter at {missing[0]}, which the base has no bottleneck "
-                          "input for (a base made from a LoRA checkpoint takes LoRA adapters only)")  # fmt: skip
+    width). What the checkpoint changes and the base takes no input for is an error naming all of it: a LoRA
+    module (a LoRA on a head layer is in the head tensors, folded), a bottleneck position, or a parameter it
+    trained (``trained``: the checkpoint config's ``head``, PEFT's ``modules_to_save``) that is not a head
+    or bottleneck input. So is a shape the base cannot take."""
+    refusal = _refusal(merged, loras, inputs, trained or [])
+    if refusal:
+        raise AdamixError(f"{base_folder} cannot take this checkpoint: {refusal}")
     parameters = dict(merged.named_parameters())
     tensors, ranks = {}, {}
     for item in inputs:
@@ -283,6 +365,30 @@ def adapter_tensors(
                               f"{item.shape}")  # fmt: skip
         tensors[item.name] = value
     return tensors, ranks
+
+
+def _refusal(
+    merged: torch.nn.Module, loras: dict[str, MixtureLoRALinear], inputs: list[AdapterInput], trained: list[str]
+) -> str | None:
+    """What of the checkpoint the base has no input for, in one sentence naming every such tensor, or None."""
+    lora_modules = {i.module for i in inputs if i.kind in (LORA_A, LORA_B)}
+    whole = {i.module for i in inputs if i.kind in (HEAD, BOTTLENECK)}  # parameters an adapter brings whole
+    extra = sorted(n for n in loras if n not in lora_modules and f"{n}.weight" not in whole)
+    if extra:
+        return (f"it adapts {', '.join(extra)}, which it has no LoRA input for (it takes LoRA on "
+                f"{len(lora_modules)} layers, listed in its {MANIFEST_NAME}; a base made with LoRA on every layer "
+                "takes any)")  # fmt: skip
+    bottlenecks = [n for n, m in merged.named_modules() if isinstance(m, BottleneckAdapter)]
+    missing = [n for n in bottlenecks if f"{n}.down.weight" not in whole]
+    if missing:
+        return (f"it has an adapter at {', '.join(missing)}, which it has no bottleneck input for (a base "
+                "made from a LoRA checkpoint takes LoRA adapters only)")  # fmt: skip
+    # a LoRA layer's own base weight is frozen: its trained tensors are the LoRA pair, which the check above took
+    untaken = sorted(n for n in trained if n not in whole)
+    if untaken:
+        return (f"it trains {', '.join(untaken)}, which it has no input for (an adapter brings LoRA, the task "
+                "head and bottlenecks; these stay the base model's)")  # fmt: skip
+    return None
 
 
 def write_adapter_file(path: Path, tensors: dict[str, np.ndarray]) -> None:

@@ -55,6 +55,8 @@ ADAPTER_MANIFEST_NAME = "adapter_manifest.json"
 ADAPTER_FORMAT = "adamix-onnx-adapter"
 # an adapter's name is a folder name and a model name in URLs: letters, digits, '.', '_', '-'
 ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# A new adapter base's LoRA inputs: the family's default LoRA layers, or every linear layer of the body
+ADAPTER_LORA_LAYERS = ("default", "all")
 # How a generation model's input is laid out when a checkpoint names no template: the record, then a newline.
 DEFAULT_PROMPT_TEMPLATE = "{prompt}\n"
 

@@ -2,9 +2,9 @@
 ``.onnx_adapter`` file per checkpoint that feeds them (onnxruntime's `AdapterFormat`; chosen per call with
 ``RunOptions.add_active_adapter``).
 
-The base graph is the optimised export of the base model (with the first checkpoint's head), rewritten here:
+The base graph is the optimised export of the base model (with a placeholder head), rewritten here:
 
-- every LoRA target ``y = x·Wᵀ`` (a MatMul whose weight initializer equals the base layer's Wᵀ) gains the
+- every LoRA target ``y = x·Wᵀ`` (a MatMul or Gemm whose weight initializer holds the base layer's W) gains the
   branch ``y + (x·a)·b``, with ``a`` (in x rank) and ``b`` (rank x out, the LoRA scaling folded in) graph
   inputs. Their defaults are empty (rank 0), so without an adapter the graph is the base model. The branch
   sits after onnxruntime's fusions, which therefore still apply (BERT-family graphs are fused with
@@ -15,8 +15,12 @@ The base graph is the optimised export of the base model (with the first checkpo
   biases), with an empty bottleneck axis by default, so that without an adapter it adds nothing.
 
 Each input's rank, bottleneck width and a classifier's label count are symbolic axes, so adapters of
-different ranks, widths and label sets share one base. The weights are found by value, not by name: the exporter and optimiser rename and
-transpose initializers, but they do not change their values.
+different ranks, widths and label sets share one base. The weights are found by value, not by name: the exporter
+and optimiser rename and transpose initializers, but they do not change their values. The exporter also writes
+equal tensors once (every all-zero bias of a model as one initializer): so each value must be held by exactly
+one initializer, used by that layer alone, and the caller gives each replaced tensor a value of its own
+(`adapter_export._mark_replaced`); an input put in place of a shared initializer would feed every layer that
+shares it.
 """
 
 from __future__ import annotations
@@ -93,14 +97,24 @@ def add_adapter_inputs(
             consumers.setdefault(name, []).append(node)
     inputs: list[AdapterInput] = []
     branch_nodes: list[onnx.NodeProto] = []
+    placed: dict[str, str] = {}  # initializer -> what it was found for
+
+    def place(what: str, value: np.ndarray) -> tuple[onnx.TensorProto, bool]:
+        init, transposed = _find(by_shape, value, what)
+        if init.name in placed:
+            raise AdamixError(f"cannot place the adapter input for {what}: the optimised graph holds its value in "
+                              f"the initializer of {placed[init.name]} (equal tensors are written once)")  # fmt: skip
+        placed[init.name] = what
+        return init, transposed
+
     for index, (module, weight) in enumerate(sorted(lora_weights.items())):
-        init, transposed = _find(by_shape, weight, f"LoRA module {module}")
-        matmuls = [n for n in consumers.get(init.name, []) if n.op_type == "MatMul" and n.input[1] == init.name]
-        if not transposed or len(matmuls) != 1:  # a MatMul holds x·Wᵀ: the weight transposed, as its input 1
+        init, transposed = place(f"LoRA module {module}", weight)
+        users = consumers.get(init.name, [])
+        if len(users) != 1 or not _is_projection(users[0], init.name, transposed):
             raise AdamixError(
-                f"cannot place the adapter input for LoRA module {module}: its weight is not a MatMul's"
+                f"cannot place the adapter input for LoRA module {module}: its weight is not one MatMul's or Gemm's"
             )
-        matmul = matmuls[0]
+        matmul = users[0]
         d_out, d_in = weight.shape
         rank = f"rank_{index}"
         a, b = (
@@ -119,7 +133,13 @@ def add_adapter_inputs(
         ]
         inputs += [a, b]
     for name, tensor in sorted(replaced.items()):
-        init, transposed = _find(by_shape, tensor.value, f"{tensor.kind} parameter {name}")
+        init, transposed = place(f"{tensor.kind} parameter {name}", tensor.value)
+        users = consumers.get(init.name, [])
+        if len(users) != 1:  # a head or bottleneck tensor is one layer's: more users share its value
+            raise AdamixError(
+                f"cannot place the adapter input for {tensor.kind} parameter {name}: its initializer feeds "
+                f"{len(users)} nodes ({', '.join(n.name or n.op_type for n in users[:4])}), one layer's takes one"
+            )
         shape = list(init.dims)
         default_shape = list(shape)
         if tensor.axis is not None:
@@ -138,6 +158,24 @@ def add_adapter_inputs(
             if output.name == "logits" and len(dims) == 2:
                 dims[1].dim_param = "labels"
     return inputs
+
+
+def _is_projection(node: onnx.NodeProto, weight: str, transposed: bool) -> bool:
+    """``node`` computes x·Wᵀ with ``weight`` as its input 1 (Wᵀ stored, ``transposed``; or W stored, with a
+    Gemm's transB), so that ``node + (x·a)·b`` is the LoRA layer: a MatMul, or a Gemm (2-D input: GPT-2's
+    attention output) whose x is not transposed and not scaled (its bias, if any, then adds as before)."""
+    if len(node.input) < 2 or node.input[1] != weight:
+        return False
+    if node.op_type == "MatMul":
+        return transposed
+    if node.op_type == "Gemm":
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        return (
+            attrs.get("transA", 0) == 0
+            and attrs.get("alpha", 1.0) == 1.0
+            and attrs.get("transB", 0) == (not transposed)
+        )
+    return False
 
 
 def _add_input(graph, name: str, shape: list, default: np.ndarray, rename=None) -> None:

@@ -19,7 +19,7 @@ from adamix_deploy.collate import model_input_names
 from adamix_deploy.data import group_references, read_generation, read_like_checkpoint
 from adamix_deploy.errors import AdamixError
 from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE, SEQUENCE_TASKS
-from adamix_deploy.exporters.onnx_loops import (
+from adamix_deploy.serving.engine.onnx_loops import (
     ActiveAdapter,
     classify_logits,
     greedy_generate,

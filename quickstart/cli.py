@@ -30,6 +30,7 @@ from adamix_deploy.exporters.export_folder import (
     read_manifest,
     sha256_folder,
 )
+from adamix_deploy.testing.processes import NotReady, stop_process, wait_until_ready
 from adamix_deploy.train import train
 
 DEMO_DATA = Path(__file__).resolve().parent / "data"
@@ -103,20 +104,14 @@ def export_job(checkpoint: Path, deploy: Path) -> Manifest:
 
 
 def _wait(url: str, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
+    try:
+        wait_until_ready(url, timeout, proc, interval_s=0.2)
+    except NotReady as e:
+        if e.returncode is not None:
             raise AdamixError(
-                f"{what} exited with code {proc.returncode} before it was up (its messages are above)"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AdamixError(f"{what} was not up at {url} after {timeout:.0f} s")
+                f"{what} exited with code {e.returncode} before it was up (its messages are above)"
+            ) from None
+        raise AdamixError(f"{what} was not up at {url} after {timeout:.0f} s") from None
 
 
 def smoke_test(api: str, names: list[str]) -> None:
@@ -175,12 +170,8 @@ def serve_and_demo(deploys: list[Path], port: int, demo_port: int, exit_when_rea
         raise AdamixError("adamix-serve or adamix-demo stopped unexpectedly (messages above)")
     finally:
         for proc in (demo, server):
-            if proc is not None and proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            if proc is not None:
+                stop_process(proc)
 
 
 @click.command("adamix-quickstart")

@@ -104,9 +104,9 @@ def serve_cli(
 ) -> None:  # fmt: skip
     """Serve export folders (written by adamix-export) over HTTP. Never imports torch; imports ray only
     with --ray."""
-    from adamix_deploy.serving.api_keys import read_api_keys
-    from adamix_deploy.serving.ray_options import ray_options
-    from adamix_deploy.serving.runtime import ServerSettings
+    from adamix_deploy.serving.engine.runtime import ServerSettings
+    from adamix_deploy.serving.http.api_keys import read_api_keys
+    from adamix_deploy.serving.ray.options import ray_options
 
     on_ray = ray_options(
         use_ray, ray_address, replicas, min_replicas, max_replicas, target_ongoing_requests, replica_cpus
@@ -114,12 +114,12 @@ def serve_cli(
     keys = read_api_keys(api_key_file) if api_key_file else ()
     settings = ServerSettings(request_timeout_s=request_timeout, api_keys=keys, **o)
     if on_ray is None:
-        from adamix_deploy.serving.server import serve
+        from adamix_deploy.serving.http.server import serve
 
         code = serve(list(folders), settings, host, port, precision, graceful_timeout, log_level)
     else:
         try:
-            from adamix_deploy.serving.ray_server import serve_on_ray
+            from adamix_deploy.serving.ray.server import serve_on_ray
         except ImportError as e:
             raise click.ClickException(f"--ray needs Ray Serve: pip install 'adamix-deploy[ray]' ({e})") from None
         code = serve_on_ray(

@@ -1,4 +1,6 @@
-"""Errors the server answers with a status code and one readable line (JSON body: `schemas.ErrorResponse`)."""
+"""Errors the server answers with a status code and one readable line (JSON body: `error_body`, described in the
+schema as `adamix_deploy.serving.http.schemas.ErrorResponse`). The engine's runtime raises them (limits, queue,
+timeout) as the routes do, so this module imports no web framework."""
 
 from __future__ import annotations
 

@@ -203,7 +203,8 @@ def exports(tiny_bert, tiny_llama, tiny_gpt2, tmp_path_factory) -> dict[str, Pat
 def server(exports, tmp_path_factory):
     """One adamix-serve subprocess over the tiny exports, shared by the HTTP tests (tests/test_http_*.py)."""
     from http_helpers import SERVER_OPTIONS
-    from server_process import ServerProcess
+
+    from adamix_deploy.testing.processes import ServerProcess
 
     with ServerProcess(list(exports.values()), *SERVER_OPTIONS, log_dir=tmp_path_factory.mktemp("logs")) as srv:
         yield srv

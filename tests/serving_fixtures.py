@@ -10,8 +10,8 @@ import time
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from adamix_deploy.serving.model_folder import ServedModel, read_model_folder
-from adamix_deploy.serving.results import Failed, Finished, TextDelta
+from adamix_deploy.serving.engine.model_folder import ServedModel, read_model_folder
+from adamix_deploy.serving.engine.results import Failed, Finished, TextDelta
 
 BYTE_CORPUS = ["the cat sat on the mat", "END of the story", "stop here STOP", "a café and a crêpe"] * 4
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from serving_fixtures import load_model
 
-from adamix_deploy.exporters.onnx_loops import classify_logits
-from adamix_deploy.serving.batching import ClassificationBatcher
-from adamix_deploy.serving.generation import QueueFull
-from adamix_deploy.serving.text import EncodedInput, encode_for_classification, pad_batch
+from adamix_deploy.serving.engine.batching import ClassificationBatcher
+from adamix_deploy.serving.engine.generation import QueueFull
+from adamix_deploy.serving.engine.onnx_loops import classify_logits
+from adamix_deploy.serving.engine.text import EncodedInput, encode_for_classification, pad_batch
 
 TEXTS = [
     "the film was great",

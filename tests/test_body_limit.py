@@ -18,10 +18,10 @@ import urllib.request
 
 import httpx
 import pytest
-from server_process import ServerProcess
 
-from adamix_deploy.serving import middleware
-from adamix_deploy.serving.middleware import LINGER_IDLE_SECONDS, LINGER_MAX_BYTES, LINGER_SECONDS
+from adamix_deploy.serving.http import middleware
+from adamix_deploy.serving.http.middleware import LINGER_IDLE_SECONDS, LINGER_MAX_BYTES, LINGER_SECONDS
+from adamix_deploy.testing.processes import ServerProcess
 
 LIMIT = 65536
 DEFAULT_LIMIT = 1 << 20  # adamix-serve's --max-body-bytes default

@@ -16,12 +16,12 @@ import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from server_process import BIN, ServerProcess, free_port, wait_until_answers
 
 from adamix_deploy.demo.backend import DemoError
 from adamix_deploy.demo.formatting import E2E_SLOTS, meaning_representation
 from adamix_deploy.demo.http_backend import HTTPBackend
 from adamix_deploy.demo.inprocess_backend import InProcessBackend
+from adamix_deploy.testing.processes import BIN, ServerProcess, ServiceProcess, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 CAP = 16  # the server's --max-new-tokens
@@ -31,21 +31,19 @@ MR = {"name": "The Mill", "food": "Italian"}  # -> "name[The Mill], food[Italian
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
-class DemoProcess:
+class DemoProcess(ServiceProcess):
     """``adamix-demo ARGS --port P`` in a subprocess; `wait` returns once the page answers."""
 
     def __init__(self, *args: str, log_dir: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.log_path = log_dir / f"demo-{self.port}.log"
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        self._log = open(self.log_path, "w")
-        command = [str(BIN / "adamix-demo"), *map(str, args), "--port", str(self.port)]
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        command = [BIN / "adamix-demo", *args, "--port", str(self.port)]
+        super().__init__(command, self.url, log_path=log_dir / f"demo-{self.port}.log", env=env)
         self._client: Client | None = None
 
     def wait(self, timeout: float = 90) -> DemoProcess:
-        wait_until_answers(self.url, self.proc, timeout, self.log)
+        self.wait_ready(timeout)
         return self
 
     @property
@@ -54,19 +52,8 @@ class DemoProcess:
             self._client = Client(self.url, verbose=False, analytics_enabled=False)
         return self._client
 
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()
-
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+        super().stop(20)
 
 
 @pytest.fixture(scope="module")

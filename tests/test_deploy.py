@@ -25,9 +25,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from adamix_deploy.serving.app import create_app
 from adamix_deploy.serving.cli import serve_cli
-from adamix_deploy.serving.runtime import ServerSettings
+from adamix_deploy.serving.engine.runtime import ServerSettings
+from adamix_deploy.serving.http.app import create_app
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

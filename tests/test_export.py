@@ -17,12 +17,12 @@ from tokenizers import Tokenizer
 from adamix_deploy.checkpoint import save_checkpoint
 from adamix_deploy.config import MixtureSpec
 from adamix_deploy.errors import AdamixError
-from adamix_deploy.exporters.onnx_loops import classify_logits, greedy_generate, open_session
 from adamix_deploy.exporters.pipeline import export_checkpoint
 from adamix_deploy.importers import detect_and_load
 from adamix_deploy.inject import count_parameters
 from adamix_deploy.mixture import set_routing
 from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
+from adamix_deploy.serving.engine.onnx_loops import classify_logits, greedy_generate, open_session
 
 BIN = Path(sys.executable).parent
 

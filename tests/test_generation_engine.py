@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from serving_fixtures import Events, IdTokenizer, load_model
 
-import adamix_deploy.serving.generation as generation
-from adamix_deploy.exporters.onnx_loops import empty_cache, greedy_generate
-from adamix_deploy.serving.generation import GenerationEngine, GenerationJob, QueueFull
-from adamix_deploy.serving.results import Failed, Finished, TextDelta
-from adamix_deploy.serving.sampling import SamplingParams, next_token
+import adamix_deploy.serving.engine.generation as generation
+from adamix_deploy.serving.engine.generation import GenerationEngine, GenerationJob, QueueFull
+from adamix_deploy.serving.engine.onnx_loops import empty_cache, greedy_generate
+from adamix_deploy.serving.engine.results import Failed, Finished, TextDelta
+from adamix_deploy.serving.engine.sampling import SamplingParams, next_token
 
 PROMPTS = [
     "name[The Mill], food[Italian]\n",

@@ -11,7 +11,8 @@ from http_helpers import (
     error_message,
     post,
 )
-from server_process import BIN
+
+from adamix_deploy.testing.processes import BIN
 
 
 def test_every_bad_input_is_a_json_4xx(server):

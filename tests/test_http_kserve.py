@@ -11,7 +11,8 @@ import httpx
 import numpy as np
 import pytest
 from http_helpers import TEXTS, post
-from server_process import ServerProcess
+
+from adamix_deploy.testing.processes import ServerProcess
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402  (after the importorskip)

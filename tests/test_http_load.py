@@ -16,7 +16,8 @@ from http_helpers import (
     metric,
     post,
 )
-from server_process import ServerProcess
+
+from adamix_deploy.testing.processes import ServerProcess
 
 
 def test_2000_concurrent_requests_each_get_exactly_their_own_answer(server):

@@ -18,30 +18,45 @@ REPO = Path(__file__).resolve().parent.parent
 
 SERVER_STACK = ("fastapi", "uvicorn", "starlette")
 TRAINING_STACK = ("torch", "transformers", "optimum")
-# The adamix_deploy modules that serving may load: the shared base, the typed export-folder format, the ONNX
-# loops, and itself. Training (train, inject, mixture*, adapter, lora, merge, checkpoint, importers, config...),
-# the rest of the exporters, the demo and the quickstart are other stages.
+# The adamix_deploy modules that serving may load: the shared base (errors, the command wrapper, atomic folder
+# writes), the typed export-folder format, and itself. Training (train, inject, mixture*, adapter, lora, merge,
+# checkpoint, importers, config...), the rest of the exporters, the demo and the quickstart are other stages.
+# The export-folder format is the one module of another stage left here, until it moves into a bottom package.
 SERVING_MAY_IMPORT = (
     "adamix_deploy",
     "adamix_deploy.errors",
     "adamix_deploy.command",
+    "adamix_deploy.atomic",
     "adamix_deploy.exporters",
     "adamix_deploy.exporters.export_folder",
-    "adamix_deploy.exporters.onnx_loops",
+)
+# serving's HTTP layer: the app and every API's routes, and the Ray Serve deployment built on them. The exporter
+# may use the server's engine (its parity check runs the engine's ONNX loops), never these.
+SERVING_HTTP_LAYER = tuple(
+    f"adamix_deploy.serving.{part}" for part in ("http", "native", "openai", "kserve", "adapters", "ray")
 )
 DEMO_CLIENT_MODULES = (
     "adamix_deploy.demo.cli",
     "adamix_deploy.demo.http_backend",
     "adamix_deploy.demo.app",
-    "adamix_deploy.serving.api_keys",
+    "adamix_deploy.serving.http.api_keys",
 )
 
 
 def submodules(package: str) -> list[str]:
-    """The package's modules, found on disk without importing the package itself."""
+    """The package's modules and subpackages, recursively, found on disk without importing any of them."""
     spec = importlib.util.find_spec(package)
     assert spec is not None and spec.submodule_search_locations, package
-    return sorted(m.name for m in pkgutil.iter_modules(spec.submodule_search_locations, package + "."))
+    return _modules_in(spec.submodule_search_locations, package)
+
+
+def _modules_in(locations: list[str], package: str) -> list[str]:
+    found = []
+    for m in pkgutil.iter_modules(locations, package + "."):
+        found.append(m.name)
+        if m.ispkg:
+            found += _modules_in([str(Path(m.module_finder.path) / m.name.rpartition(".")[2])], m.name)
+    return sorted(found)
 
 
 def loaded_after(modules: tuple[str, ...] | list[str], cwd: Path) -> set[str]:
@@ -114,16 +129,20 @@ def test_the_base_package_imports_no_stage_and_no_heavy_library(outside):
 
 @pytest.mark.parametrize("module", submodules("adamix_deploy.exporters"))
 def test_exporters_never_import_the_http_server(module, outside):
-    forbidden = ("adamix_deploy.serving.app", "adamix_deploy.serving.routes*", *SERVER_STACK, "gradio")
-    check([module], forbidden, outside)
+    check([module], (*SERVING_HTTP_LAYER, *SERVER_STACK, "gradio"), outside)
+
+
+@pytest.mark.parametrize("module", ["adamix_deploy.serving.engine", *submodules("adamix_deploy.serving.engine")])
+def test_the_serving_engine_never_imports_the_http_layer(module, outside):
+    check([module], (*SERVING_HTTP_LAYER, *SERVER_STACK), outside)
 
 
 # `adamix-serve --ray` (extra [ray]): only these serving modules may import ray, and only the command's --ray path
-# imports them; ray_options (the CLI's checks) stays free of ray
+# imports them; serving.ray.options (the CLI's checks) stays free of ray
 SERVING_RAY_MODULES = (
-    "adamix_deploy.serving.ray_batching",
-    "adamix_deploy.serving.ray_deployment",
-    "adamix_deploy.serving.ray_server",
+    "adamix_deploy.serving.ray.batching",
+    "adamix_deploy.serving.ray.deployment",
+    "adamix_deploy.serving.ray.server",
 )
 
 
@@ -171,7 +190,7 @@ def test_the_demo_page_knows_the_server_only_by_its_result_types(outside):
     allowed = (
         "adamix_deploy", "adamix_deploy.errors", "adamix_deploy.demo", "adamix_deploy.demo.app",
         "adamix_deploy.demo.backend", "adamix_deploy.demo.formatting", "adamix_deploy.serving",
-        "adamix_deploy.serving.results",
+        "adamix_deploy.serving.engine", "adamix_deploy.serving.engine.results",
     )  # fmt: skip
     check(["adamix_deploy.demo.app"], ("onnxruntime", "torch"), outside, allowed_adamix=allowed)
 
@@ -181,8 +200,16 @@ def test_the_export_folder_format_stands_alone(outside):
     check(["adamix_deploy.exporters.export_folder"], ("torch", "onnxruntime"), outside, allowed_adamix=allowed)
 
 
-BARE_IMPORT = re.compile(r"^\s*(from|import) (serving|exporters|demo|quickstart)\b", re.MULTILINE)
-BARE_IMPORT_MODULE = re.compile(r"import_module\(\s*[\"'](serving|exporters|demo|quickstart)\b")
+@pytest.mark.parametrize("module", ["adamix_deploy.testing", *submodules("adamix_deploy.testing")])
+def test_the_process_helpers_need_only_the_standard_library(module, outside):
+    """The tests, the benchmarks and the quickstart share them, so every install must import them."""
+    foreign = loaded_after([module], outside) - loaded_after([], outside)
+    foreign = {n for n in foreign if n.split(".")[0] not in sys.stdlib_module_names}
+    assert foreign <= {"adamix_deploy", *submodules("adamix_deploy.testing"), "adamix_deploy.testing"}, foreign
+
+
+BARE_IMPORT = re.compile(r"^\s*(from|import) (serving|exporters|demo|quickstart|testing)\b", re.MULTILINE)
+BARE_IMPORT_MODULE = re.compile(r"import_module\(\s*[\"'](serving|exporters|demo|quickstart|testing)\b")
 
 
 def repository_python_files() -> list[Path]:

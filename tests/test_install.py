@@ -18,7 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_process import BIN, free_port, wait_until_answers
+
+from adamix_deploy.testing.processes import BIN, ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -130,44 +131,20 @@ def test_the_serve_install_has_no_training_stack_and_the_mapped_packages(serve_v
     assert Path(found["serving"]).is_relative_to(venv), found["serving"]  # the wheel, not the repository
     assert "sentiment_train.tsv" in found["data"]
     site = next((venv / "lib").glob("python*/site-packages"))
-    assert not any((site / top).exists() for top in ("serving", "exporters", "demo", "quickstart"))
+    assert not any((site / top).exists() for top in ("serving", "exporters", "demo", "quickstart", "testing"))
 
 
-class Server:
+class Server(ServerProcess):
     """`<bin>/adamix-serve` in a subprocess, started from ``cwd`` (outside the repository)."""
 
     def __init__(self, executable: Path, folders: list[Path], cwd: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = cwd / f"server-{self.port}.log"
-        self._log = open(self.log_path, "w")
-        command = [str(executable), *map(str, folders), "--port", str(self.port), "--threads", "1"]
         env = clean_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-        self.proc = subprocess.Popen(command, cwd=cwd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        try:
-            wait_until_answers(f"{self.url}/ready", self.proc, 120, self.log)
-        except RuntimeError:
-            self.stop()
-            raise
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()
+        super().__init__(folders, "--threads", "1", log_dir=cwd, executable=executable, env=env, cwd=cwd)
 
     def post(self, path: str, body: dict) -> dict:
         response = httpx.post(self.url + path, json=body, timeout=60)
         assert response.status_code == 200, response.text
         return response.json()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 def answers(executable: Path, folders: list[Path], cwd: Path) -> tuple[dict, dict]:

@@ -21,9 +21,9 @@ from adamix_deploy.exporters.export_folder import (
     read_manifest,
     sha256_file,
 )
-from adamix_deploy.exporters.onnx_loops import ActiveAdapter, classify_logits, greedy_generate, open_session
 from adamix_deploy.exporters.pipeline import export_checkpoint
 from adamix_deploy.merge import merged_lora_delta, merged_lora_factors
+from adamix_deploy.serving.engine.onnx_loops import ActiveAdapter, classify_logits, greedy_generate, open_session
 
 
 @pytest.mark.parametrize("method", ["average", "delta-average", "expert:1"])
@@ -91,25 +91,40 @@ def test_classifiers_of_different_ranks_and_labels_share_one_base_and_match_thei
     assert classify_logits(session, batch).shape == (len(TEXTS), 0)  # no adapter: the base has no task
 
 
+EVERY_LAYER = {"tiny_llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+               "tiny_gpt2": ("c_attn", "c_proj", "c_fc")}  # fmt: skip
+
+
 @pytest.mark.parametrize("base", ["tiny_llama", "tiny_gpt2"])
 def test_a_generation_adapter_decodes_exactly_like_its_folded_export(base, request, tmp_path):
-    ckpt = make_checkpoint(request.getfixturevalue(base), "generation",
-                           MixtureSpec("lora", experts=2, share="none", rank=4), tmp_path / "ckpt")  # fmt: skip
-    manifest, _ = export_adapter(ckpt, tmp_path / "base", name="restaurants", greedy_steps=6)
-    assert manifest.parity["stages"]["onnx_fp32_adapter"]["greedy_tokens_identical"] == 1.0
-    export_checkpoint(ckpt, tmp_path / "folded", greedy_steps=4)
-    base_session, folded = (
-        open_session(tmp_path / "base" / "model.onnx"),
-        open_session(tmp_path / "folded/model.onnx"),
-    )
-    active = ActiveAdapter(tmp_path / "base" / ADAPTERS_FOLDER / "restaurants" / ADAPTER_FILE)
-    prompt = [5, 9, 14, 3]
-    tokens, first = greedy_generate(base_session, prompt, 8, None, active.run_options)
-    tokens_folded, first_folded = greedy_generate(folded, prompt, 8, None)
-    assert tokens == tokens_folded
-    np.testing.assert_allclose(first, first_folded, atol=1e-4)
-    unadapted, _ = greedy_generate(base_session, prompt, 8, None)
-    assert unadapted != tokens  # the adapter changes the model: without it the base model decodes
+    """The base is made from a checkpoint with LoRA on every layer (so it takes LoRA on every layer: GPT-2's
+    attention output is a Gemm in the graph); one on the family's default layers fits it as well."""
+    model = request.getfixturevalue(base)
+    checkpoints = {
+        "every-layer": make_checkpoint(model, "generation", MixtureSpec("lora", experts=2, share="none", rank=4,
+                                       targets=EVERY_LAYER[base]), tmp_path / "every-layer-ckpt"),
+        "restaurants": make_checkpoint(model, "generation", MixtureSpec("lora", experts=2, share="none", rank=4),
+                                       tmp_path / "ckpt"),
+    }  # fmt: skip
+    base_session = None
+    for name, ckpt in checkpoints.items():
+        manifest, _ = export_adapter(ckpt, tmp_path / "base", name=name, greedy_steps=6)
+        assert manifest.parity["stages"]["onnx_fp32_adapter"]["greedy_tokens_identical"] == 1.0
+        export_checkpoint(ckpt, tmp_path / f"{name}-folded", greedy_steps=4)
+        base_session = base_session or open_session(tmp_path / "base" / "model.onnx")
+        folded = open_session(tmp_path / f"{name}-folded/model.onnx")
+        active = ActiveAdapter(tmp_path / "base" / ADAPTERS_FOLDER / name / ADAPTER_FILE)
+        prompt = [5, 9, 14, 3]
+        tokens, first = greedy_generate(base_session, prompt, 8, None, active.run_options)
+        tokens_folded, first_folded = greedy_generate(folded, prompt, 8, None)
+        assert tokens == tokens_folded
+        np.testing.assert_allclose(first, first_folded, atol=1e-4)
+        unadapted, _ = greedy_generate(base_session, prompt, 8, None)
+        assert unadapted != tokens  # the adapter changes the model: without it the base model decodes
+    lora_layers = {i["module"] for i in read_manifest(tmp_path / "base").adapter_base.inputs}
+    every_layer = read_adapter_manifest(tmp_path / "base" / ADAPTERS_FOLDER / "every-layer")
+    assert set(every_layer.ranks) == lora_layers and len(lora_layers) == {"tiny_llama": 14, "tiny_gpt2": 8}[base]
+    assert len(manifest.ranks) == {"tiny_llama": 4, "tiny_gpt2": 2}[base]  # the defaults: q_proj/v_proj, c_attn
 
 
 def test_bad_adapter_exports_get_one_line_and_leave_the_base_alone(tiny_bert, tiny_llama, tmp_path):
@@ -126,13 +141,20 @@ def test_bad_adapter_exports_get_one_line_and_leave_the_base_alone(tiny_bert, ti
     llama = make_checkpoint(tiny_llama, "generation", lora(), tmp_path / "llama")
     other_targets = make_checkpoint(tiny_bert, "classification", MixtureSpec("lora", experts=2, rank=4,
                                     targets=("key",)), tmp_path / "key")  # fmt: skip
+    # PEFT's modules_to_save may name any layer: a LayerNorm is no adapter input of a base
+    layer_norms = _peft_lora_folder(tiny_bert, tmp_path / "layernorm", modules_to_save=("classifier", "LayerNorm"))
+    keys = "bert.encoder.layer.0.attention.self.key, bert.encoder.layer.1.attention.self.key, which"
     cases = [
         (("--merge", ckpt, "--adapter-of", base, "--adapter-name", "one"), "exists: pass --overwrite"),
         (("--merge", ckpt, "--adapter-of", base, "--adapter-name", "../escape"), "adapter name"),
         (("--merge", ckpt, "--adapter-of", tmp_path / "folded"), "not a base for adapters"),
         (("--merge", adapter_ckpt, "--adapter-of", base), "no bottleneck input for"),
         (("--merge", llama, "--adapter-of", base), "cannot be an adapter of"),
-        (("--merge", other_targets, "--adapter-of", base), "no LoRA input for"),
+        (("--merge", other_targets, "--adapter-of", base), f"it adapts {keys} it has no LoRA input for"),
+        (
+            ("--merge", layer_norms, "--adapter-of", base),
+            "it trains bert.embeddings.LayerNorm.bias, bert.embeddings.LayerNorm.weight, bert.encoder.layer.0",
+        ),
         (("--merge", ckpt, "--adapter-of", base, "--quantize", "int8"), "does not apply to --adapter-of"),
         (("--merge", ckpt, "--adapter-of", base, "--output", tmp_path / "x"), "either --output"),
         (("--merge", ckpt), "either --output"),
@@ -248,6 +270,167 @@ def test_bottleneck_adapter_mixtures_of_different_widths_share_one_base_and_matc
         active = ActiveAdapter(base / ADAPTERS_FOLDER / name / ADAPTER_FILE)
         folded = classify_logits(open_session(tmp_path / f"{name}-folded" / "model.onnx"), batch)
         np.testing.assert_allclose(classify_logits(session, batch, active.run_options), folded, atol=1e-4)
+    # every layer takes LoRA whatever the first checkpoint was: a LoRA mixture fits a bottleneck base too
     lora = make_checkpoint(tiny_bert, "classification", MixtureSpec("lora", experts=2, rank=4), tmp_path / "lora")
-    result = run("--merge", lora, "--adapter-of", base)
-    assert result.returncode != 0 and "no LoRA input for" in result.stderr, result.stderr
+    manifest, _ = export_adapter(lora, base, name="lora")
+    assert manifest.parity["stages"]["onnx_fp32_adapter"]["max_abs_logit_diff"] <= 1e-4
+
+
+def _peft_lora_folder(model_path, folder, targets=("query", "value"), labels=3, modules_to_save=("classifier",)):
+    """A PEFT LoRA folder as PEFT writes one for a classifier (LoRA on ``targets``, the classifier trained as a
+    ``modules_to_save`` copy, the pooler untouched), with non-trivial weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=labels)
+    peft_model = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=list(targets),
+                                                  modules_to_save=list(modules_to_save)))  # fmt: skip
+    with torch.no_grad():
+        for p in peft_model.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.3)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def _default_recipe_checkpoint(model_path, folder, spec=None, labels=("negative", "positive")):
+    """A checkpoint as `adamix-train --method lora` writes it with its default recipe (nlu-lora: 4 experts, B
+    shared, r 8, alpha 16, official init, and ``train_pooler``: the pooler's dense layer trains with the head),
+    with non-trivial weights (the pooler's included)."""
+    from test_merge import _perturb
+
+    from adamix_deploy.checkpoint import save_checkpoint
+    from adamix_deploy.inject import count_parameters
+    from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
+
+    spec = spec or MixtureSpec("lora", experts=4, share="up", rank=8, alpha=16.0, init="official")
+    tokenizer = load_tokenizer(model_path)
+    torch.manual_seed(1)
+    model, head = build_mixture_model(
+        model_path, "classification", list(labels), spec, tokenizer, train_pooler=True
+    )
+    assert "bert.pooler.dense.bias" in head
+    _perturb(model)
+    trainable, total = count_parameters(model)
+    config = {
+        "base_model": {"name": str(model_path), "path": str(model_path), "model_type": model.config.model_type,
+                       "architecture": type(model).__name__},
+        "task": "classification", "labels": list(labels), "max_length": 64, "prompt_template": None,
+        "mixture": spec.to_dict(), "head": head,
+        "parameters": {"trainable": trainable, "total": total, "trainable_share": trainable / total},
+        "training": {"complete": True},
+    }  # fmt: skip
+    save_checkpoint(folder, config, model, tokenizer)
+    return folder
+
+
+def _served_scores(folders, names) -> dict[str, np.ndarray]:
+    """Each named model's scores on TEXTS from the serving runtime, in this process, over ``folders``."""
+    import asyncio
+
+    from adamix_deploy.demo.inprocess_backend import InProcessBackend
+
+    async def classify() -> dict[str, np.ndarray]:
+        backend = InProcessBackend(folders)
+        try:
+            return {
+                name: np.array([list((await backend.classify(name, text)).scores.values()) for text in TEXTS])
+                for name in names
+            }
+        finally:
+            await backend.stop()
+
+    return asyncio.run(classify())
+
+
+def test_a_peft_made_base_takes_a_default_recipe_checkpoint_and_both_serve_like_their_folded_exports(
+    tiny_bert, tmp_path
+):
+    """Issue 22, item 3: a base takes the whole head, pooler included, whichever adapter came first. The PEFT
+    adapter leaves the pooler as it is; the default recipe trains it. Tiny BERT's pooler bias is all zeros, as
+    are its other biases, and the ONNX exporter writes equal tensors once: the pooler's bias input must not
+    feed the layer norms that share its value."""
+    peft = _peft_lora_folder(tiny_bert, tmp_path / "peft")
+    ours = _default_recipe_checkpoint(tiny_bert, tmp_path / "ours")
+    base = tmp_path / "base"
+    _, created = export_adapter(peft, base, name="peft")
+    manifest, created_again = export_adapter(ours, base, name="ours")
+    assert created and not created_again
+    assert manifest.parity["stages"]["onnx_fp32_adapter"]["max_abs_logit_diff"] <= 1e-4
+    for name, source in (("peft", peft), ("ours", ours)):
+        export_checkpoint(source, tmp_path / f"{name}-folded")
+    session, batch = open_session(base / "model.onnx"), _batch(base, TEXTS)
+    for name in ("peft", "ours"):
+        active = ActiveAdapter(base / ADAPTERS_FOLDER / name / ADAPTER_FILE)
+        folded = classify_logits(open_session(tmp_path / f"{name}-folded" / "model.onnx"), batch)
+        np.testing.assert_allclose(classify_logits(session, batch, active.run_options), folded, atol=1e-4)
+    served = _served_scores([base, tmp_path / "peft-folded", tmp_path / "ours-folded"],
+                            ["peft", "ours", "peft-folded", "ours-folded"])  # fmt: skip
+    for name in ("peft", "ours"):
+        np.testing.assert_allclose(served[name], served[f"{name}-folded"], atol=1e-4)
+    assert served["peft"].shape == (len(TEXTS), 3) and served["ours"].shape == (len(TEXTS), 2)
+
+
+def test_a_base_takes_lora_on_its_familys_default_or_every_layer_and_the_whole_head_whatever_made_it(
+    tiny_bert, tmp_path
+):
+    """What a base takes is one of two sets of its model's family: the default LoRA layers (query, value) or
+    every layer, with the whole head (pooler included) either way. A base made from a PEFT folder takes the
+    defaults and refuses more in one line; one made from a checkpoint with LoRA beyond them (key, and the
+    pooler: a head layer, folded into the head it brings) takes every layer, as does a PEFT-made base asked
+    for every layer; on it, that checkpoint, one with LoRA on every layer of the encoder and a trained pooler,
+    and the PEFT folder each serve like their folded exports."""
+
+    def inputs(base):
+        return [(i["name"], i["kind"], i["shape"]) for i in read_manifest(base).adapter_base.inputs]
+
+    def modules(base, kind):
+        return {i["module"] for i in read_manifest(base).adapter_base.inputs if i["kind"] == kind}
+
+    peft = _peft_lora_folder(tiny_bert, tmp_path / "peft")
+    key = make_checkpoint(tiny_bert, "classification", MixtureSpec("lora", experts=2, rank=4, targets=(
+        "key", "pooler.dense")), tmp_path / "key")  # fmt: skip
+    spec = MixtureSpec("lora", experts=4, share="up", rank=8, alpha=16.0,
+                       targets=("query", "key", "value", r"layer\.\d+\..*dense"))  # fmt: skip
+    every = _default_recipe_checkpoint(tiny_bert, tmp_path / "every", spec)
+    export_adapter(peft, tmp_path / "peft-base", name="peft")
+    export_adapter(key, tmp_path / "base", name="key")
+    made = run("--merge", peft, "--adapter-of", tmp_path / "peft-base-all", "--adapter-name", "peft",
+               "--adapter-layers", "all")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    head = {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
+    per_layer = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                 "intermediate.dense", "output.dense")  # fmt: skip
+    assert modules(tmp_path / "peft-base", "head") == modules(tmp_path / "base", "head") == head
+    assert modules(tmp_path / "peft-base", "lora_a") == {
+        f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")
+    }
+    assert modules(tmp_path / "base", "lora_a") == {
+        f"bert.encoder.layer.{i}.{m}" for i in range(2) for m in per_layer
+    }
+    assert inputs(tmp_path / "base") == inputs(tmp_path / "peft-base-all")
+
+    result = run("--merge", every, "--adapter-of", tmp_path / "peft-base")
+    assert result.returncode != 0 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (
+        "it adapts bert.encoder.layer.0.attention.output.dense, bert.encoder.layer.0.attention.self.key, "
+        "bert.encoder.layer.0.intermediate.dense, bert.encoder.layer.0.output.dense, bert.encoder.layer.1"
+        in result.stderr
+    )
+
+    session, batch = open_session(tmp_path / "base" / "model.onnx"), _batch(tmp_path / "base", TEXTS)
+    for name, ckpt, layers_adapted in (("key", key, 2), ("every", every, 12), ("peft", peft, 4)):
+        if name != "key":
+            manifest, _ = export_adapter(ckpt, tmp_path / "base", name=name)
+        else:
+            manifest = read_adapter_manifest(tmp_path / "base" / ADAPTERS_FOLDER / name)
+        assert len(manifest.ranks) == layers_adapted
+        assert manifest.parity["stages"]["onnx_fp32_adapter"]["max_abs_logit_diff"] <= 1e-4
+        export_checkpoint(ckpt, tmp_path / f"{name}-folded")
+        active = ActiveAdapter(tmp_path / "base" / ADAPTERS_FOLDER / name / ADAPTER_FILE)
+        np.testing.assert_allclose(
+            classify_logits(session, batch, active.run_options),
+            classify_logits(open_session(tmp_path / f"{name}-folded" / "model.onnx"), batch),
+            atol=1e-4,
+        )

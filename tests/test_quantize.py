@@ -10,15 +10,15 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from server_process import ServerProcess
 from test_export import make_checkpoint, run
 
 from adamix_deploy.config import MixtureSpec
 from adamix_deploy.exporters.export_folder import read_manifest
-from adamix_deploy.exporters.onnx_loops import open_session
 from adamix_deploy.exporters.parity import DecoderStage, generation_parity, reduced_precision_warnings
 from adamix_deploy.exporters.pipeline import export_checkpoint
 from adamix_deploy.exporters.tied_weights import share_tied_lm_head
+from adamix_deploy.serving.engine.onnx_loops import open_session
+from adamix_deploy.testing.processes import ServerProcess
 
 
 def lora() -> MixtureSpec:

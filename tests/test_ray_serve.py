@@ -21,12 +21,13 @@ from pathlib import Path
 import httpx
 import pytest
 from http_helpers import PROMPTS, SERVER_OPTIONS, TEXTS, sse_events
-from server_process import BIN, ServerProcess, free_port
+
+from adamix_deploy.testing.processes import BIN, ServerProcess, free_port, process_tree
 
 pytest.importorskip("ray.serve", reason="Ray Serve is not installed: pip install 'adamix-deploy[ray]'")
 
-from adamix_deploy.serving.ray_deployment import REPLICA_HEADER  # noqa: E402  (needs ray)
-from adamix_deploy.serving.ray_options import PROXY_TIMEOUT_MARGIN_S  # noqa: E402
+from adamix_deploy.serving.ray.deployment import REPLICA_HEADER  # noqa: E402  (needs ray)
+from adamix_deploy.serving.ray.options import PROXY_TIMEOUT_MARGIN_S  # noqa: E402
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 REPLICAS = 2
@@ -56,22 +57,13 @@ def ray_server(exports, tmp_path_factory):
 def replica_pids(root: int) -> set[int]:
     """The processes of this server's replicas: descendants of the command (its local Ray instance) named by Ray
     ``ray::ServeReplica:adamix:...``."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    found = set()
+    for pid in process_tree(root)[1:]:
         try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):  # the process just ended
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    found, todo = set(), [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            todo.append(child)
-            try:
-                if Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"ray::ServeReplica:adamix:"):
-                    found.add(child)
-            except OSError:
-                pass
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ServeReplica:adamix:"):
+                found.add(pid)
+        except OSError:
+            pass
     return found
 
 

@@ -123,7 +123,7 @@ def test_quickstart_reduced_trains_both_demo_mixtures_and_reuses_them(tmp_path):
     import sys
     from pathlib import Path
 
-    from server_process import free_port
+    from adamix_deploy.testing.processes import free_port
 
     command = [
         str(Path(sys.executable).parent / "adamix-quickstart"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adamix_deploy.serving.sampling import SamplingParams, next_token
+from adamix_deploy.serving.engine.sampling import SamplingParams, next_token
 
 LOGITS = np.array([0.3, 2.5, -1.0, 1.7, 2.2, 0.0, -3.0, 1.1], dtype=np.float32)  # argmax 1, then 4, 3, 7
 

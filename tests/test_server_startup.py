@@ -11,7 +11,8 @@ from http_helpers import (
     error_message,
     post,
 )
-from server_process import BIN, ServerProcess
+
+from adamix_deploy.testing.processes import BIN, ServerProcess
 
 
 def test_api_key_is_required_and_never_logged(exports, tmp_path):
@@ -86,9 +87,9 @@ def test_server_never_imports_torch_or_transformers(exports):
 import sys, time
 from fastapi.testclient import TestClient
 import adamix_deploy.serving.cli
-from adamix_deploy.serving.app import create_app
-from adamix_deploy.serving.server import check_folders
-from adamix_deploy.serving.runtime import ServerSettings
+from adamix_deploy.serving.http.app import create_app
+from adamix_deploy.serving.http.server import check_folders
+from adamix_deploy.serving.engine.runtime import ServerSettings
 app = create_app(check_folders([{str(exports["sentiment"])!r}, {str(exports["restaurants"])!r}]), ServerSettings())
 with TestClient(app) as client:
     while client.get("/ready").status_code != 200:

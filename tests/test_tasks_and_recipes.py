@@ -10,12 +10,12 @@ import random
 import httpx
 import pytest
 from conftest import POSITIVE, SHARED_DATA, sentiment_rows, write_table
-from server_process import ServerProcess
 from test_cli import run
 
 from adamix_deploy.config import RECIPES
 from adamix_deploy.data import read_classification
 from adamix_deploy.errors import DataError
+from adamix_deploy.testing.processes import ServerProcess
 
 
 def config_of(folder) -> dict:

@@ -9,8 +9,8 @@ from jinja2.exceptions import SecurityError, TemplateError
 from serving_fixtures import byte_level_tokenizer
 from transformers import AutoTokenizer
 
-from adamix_deploy.serving.model_folder import read_model_folder
-from adamix_deploy.serving.text import (
+from adamix_deploy.serving.engine.model_folder import read_model_folder
+from adamix_deploy.serving.engine.text import (
     EncodedInput,
     IncrementalDecoder,
     InputTooLong,

@@ -1,6 +1,6 @@
 """adamix-triton: export folder -> Triton model repository, checked against adamix-serve.
 
-The python layout is served by a REAL Triton Inference Server (tests/triton_server.py): the ``tritonserver``
+The python layout is served by a REAL Triton Inference Server (testing/triton_server.py): the ``tritonserver``
 binary and its Python backend come from the ``nvidia-pytriton`` wheel, installed (no dependencies, it pins
 numpy<2) under tests/artifacts/triton/ with the Python models' execution environment (a venv with numpy<2,
 tokenizers, onnxruntime) beside it, both cached between runs. The wheel bundles no onnxruntime backend, so the
@@ -22,8 +22,9 @@ import httpx
 import numpy as np
 import pytest
 from google.protobuf import text_format
-from server_process import BIN, ServerProcess
-from triton_server import TritonServer, TritonUnavailable, ensure_triton
+
+from adamix_deploy.testing.processes import BIN, ServerProcess
+from adamix_deploy.testing.triton_server import TritonServer, TritonUnavailable, ensure_triton
 
 TEXTS = ["the film was great", "awful plot and boring acting", "a lovely story", "it was really dull", "fine"]
 TOLERANCE = 1e-5
@@ -199,7 +200,7 @@ def test_ensemble_configs_chain_and_each_step_answers_as_adamix_serve(exports, s
     import onnxruntime as ort
     from tritonclient.grpc import model_config_pb2
 
-    from adamix_deploy.exporters.triton import BatchingOptions, write_repository
+    from adamix_deploy.serving.triton.repository import BatchingOptions, write_repository
 
     repo = tmp_path / "repo"
     batching = BatchingOptions(max_batch_size=32, preferred_batch_sizes=(4, 8, 16), instances=2, kind="gpu")
@@ -274,7 +275,7 @@ def test_ensemble_configs_chain_and_each_step_answers_as_adamix_serve(exports, s
 
 
 def test_the_tokenizer_pads_to_a_few_widths_so_onnx_requests_batch(exports, tmp_path):
-    from adamix_deploy.exporters.triton import write_repository
+    from adamix_deploy.serving.triton.repository import write_repository
 
     repo = tmp_path / "repo"
     write_repository(exports["sentiment"], repo, name="s")
@@ -299,7 +300,8 @@ def test_dynamic_batching_can_be_left_out(exports, tmp_path):
 
 def test_postprocess_of_a_regression_export_gives_one_score(exports, tmp_path):
     spec = importlib.util.spec_from_file_location(
-        "triton_model", Path(__file__).resolve().parent.parent / "exporters" / "triton_models" / "model.py"
+        "triton_model",
+        Path(__file__).resolve().parent.parent / "serving" / "triton" / "python_backend" / "model.py",
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
