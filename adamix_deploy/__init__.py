@@ -3,8 +3,8 @@ importers, merge/fold as pure functions, and the commands adamix-train, adamix-e
 
 Data flows one way: train -> mixture checkpoint -> merge/fold -> export folder -> server/demo. The other
 stages install under this name (``adamix_deploy.exporters``, ``adamix_deploy.serving``, ``adamix_deploy.demo``,
-``adamix_deploy.quickstart``) but live in their own top-level folders; this package imports none of them
-except the leaf ``exporters.export_folder`` (the format's names and defaults).
+``adamix_deploy.quickstart``) but live in their own top-level folders; this package imports none of them,
+only the torch-free contracts every stage shares (``adamix_deploy.contracts``, the top-level ``contracts/``).
 
 The names below load on first use: importing any subpackage (the server's, say) runs this file, and must not
 pull in torch, which the server never needs.
@@ -13,7 +13,7 @@ pull in torch, which the server never needs.
 from importlib import import_module
 
 _LAZY = {
-    "AdamixError": "adamix_deploy.errors",
+    "AdamixError": "adamix_deploy.contracts.errors",
     "MixtureAdapter": "adamix_deploy.adapter",
     "MixtureLoRALinear": "adamix_deploy.lora",
     "MixtureModule": "adamix_deploy.mixture",

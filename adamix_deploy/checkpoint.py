@@ -1,11 +1,6 @@
-"""The mixture checkpoint: a folder other tools can read.
-
-    adamix_config.json    format, base model reference, task, labels, mixture spec, training summary
-    mixture.safetensors   mixture and task-head weights only, never the frozen base
-    tokenizer files       the tokenizer the model was trained with (special tokens included)
-    training_state.*      optimizer, scheduler and RNG state of an unfinished run (for --resume)
-
-No pickle anywhere. Every save replaces the folder atomically.
+"""The mixture checkpoint with its weights: save it atomically, rebuild its model bit-exactly. The folder's
+layout and its typed config are the contract in `adamix_deploy.contracts.checkpoint_format`; this module adds
+the torch side (the weights file, the training state). No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -18,26 +13,55 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from adamix_deploy.atomic import atomic_directory
 from adamix_deploy.config import MixtureSpec
-from adamix_deploy.errors import AdamixError, CheckpointError
+from adamix_deploy.contracts.atomic import atomic_directory
+from adamix_deploy.contracts.checkpoint_format import (
+    FORMAT,
+    STATE_JSON,
+    STATE_TENSORS,
+    WEIGHTS_NAME,
+    CheckpointConfig,
+    read_checkpoint_config,
+    write_checkpoint_config,
+)
+from adamix_deploy.contracts.errors import AdamixError, CheckpointError
+from adamix_deploy.contracts.export_folder import BaseModelInfo
+from adamix_deploy.inject import count_parameters
 from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
 from adamix_deploy.packaged_models import PACKAGED_MODELS, resolve_model
-
-FORMAT = "adamix-mixture"
-FORMAT_VERSION = 1
-CONFIG_NAME = "adamix_config.json"
-WEIGHTS_NAME = "mixture.safetensors"
-STATE_TENSORS = "training_state.safetensors"
-STATE_JSON = "training_state.json"
 
 
 @dataclass
 class MixtureCheckpoint:
     model: torch.nn.Module
     tokenizer: object
-    config: dict
+    config: CheckpointConfig
     folder: Path
+
+
+def checkpoint_config(
+    model: torch.nn.Module,
+    base_name: str,
+    base_path: str | Path,
+    task: str,
+    labels: list[str] | None,
+    spec: MixtureSpec,
+    head: list[str],
+    **fields,
+) -> CheckpointConfig:
+    """The config of a model `build_mixture_model` built (``spec`` as it returned it): the base model it was built
+    on, the task, the mixture, the head and the parameter counts; ``fields`` sets the rest (``max_length``,
+    ``prompt_template``, ``data_columns``, ``training``, ``source_format``, ``source_files``)."""
+    trainable, total = count_parameters(model)
+    return CheckpointConfig(
+        base_model=BaseModelInfo(base_name, str(base_path), model.config.model_type, type(model).__name__),
+        task=task,
+        labels=labels,
+        mixture=spec.to_dict(),
+        head=head,
+        parameters={"trainable": trainable, "total": total, "trainable_share": trainable / total},
+        **fields,
+    )
 
 
 def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -46,13 +70,12 @@ def trainable_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(
     folder: str | Path,
-    config: dict,
+    config: CheckpointConfig,
     model: torch.nn.Module,
     tokenizer,
     training_state: tuple[dict[str, torch.Tensor], dict] | None = None,
 ) -> None:
     """Write the checkpoint folder atomically (``training_state`` only for unfinished runs)."""
-    config = {"format": FORMAT, "format_version": FORMAT_VERSION, **config}
     with atomic_directory(folder) as tmp:
         save_file(trainable_weights(model), tmp / WEIGHTS_NAME, metadata={"format": FORMAT})
         tokenizer.save_pretrained(tmp)
@@ -60,35 +83,13 @@ def save_checkpoint(
             tensors, state = training_state
             save_file(tensors, tmp / STATE_TENSORS)
             (tmp / STATE_JSON).write_text(json.dumps(state, indent=1))
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2))  # last: its presence marks completeness
+        write_checkpoint_config(tmp, config)  # last: its presence marks completeness
 
 
-def read_config(folder: str | Path) -> dict:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: no such checkpoint folder")
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: not a mixture checkpoint (no {CONFIG_NAME})")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path}: unknown checkpoint format {config.get('format') if isinstance(config, dict) else None!r}"
-        )
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format version {config['format_version']} is newer than this adamix-deploy reads ({FORMAT_VERSION})"
-        )
-    return config
-
-
-def base_model_path(config: dict, override: str | Path | None = None) -> Path:
+def base_model_path(config: CheckpointConfig, override: str | Path | None = None) -> Path:
     """Find the checkpoint's base model: an explicit override, its packaged name, or its recorded path."""
-    base = config["base_model"]
-    for candidate in (override, base["name"] if base["name"] in PACKAGED_MODELS else None, base["path"]):
+    base = config.base_model
+    for candidate in (override, base.name if base.name in PACKAGED_MODELS else None, base.path):
         if candidate is None:
             continue
         try:
@@ -96,26 +97,21 @@ def base_model_path(config: dict, override: str | Path | None = None) -> Path:
         except AdamixError:
             if candidate is override:
                 raise
-    raise CheckpointError(f"base model {base['name']!r} not found (looked at {base['path']}); pass its folder")
+    raise CheckpointError(f"base model {base.name!r} not found (looked at {base.path}); pass its folder")
 
 
 def load_checkpoint(folder: str | Path, base_model: str | Path | None = None) -> MixtureCheckpoint:
     """Rebuild the mixture model of a checkpoint bit-exactly on its base model (in eval mode)."""
     folder = Path(folder)
-    config = read_config(folder)
+    config = read_checkpoint_config(folder)
     try:
         weights = load_file(folder / WEIGHTS_NAME)
     except (FileNotFoundError, SafetensorError, OSError) as e:
         raise CheckpointError(f"{folder / WEIGHTS_NAME}: cannot read ({e})") from None
     tokenizer = load_tokenizer(folder)
-    spec = MixtureSpec.from_dict(config["mixture"])
-    model, _ = build_mixture_model(
-        base_model_path(config, base_model),
-        config["task"],
-        config.get("labels"),
-        spec,
-        tokenizer,
-        config["head"],
+    spec = MixtureSpec.from_dict(config.mixture)
+    model, _, _ = build_mixture_model(
+        base_model_path(config, base_model), config.task, config.labels, spec, tokenizer, config.head
     )
     load_trainable_weights(model, weights, folder)
     model.eval()

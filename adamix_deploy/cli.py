@@ -1,6 +1,6 @@
 """The training stage's commands: `adamix-train`, `adamix-eval`, `adamix-models`. Thin: parse options (types and
 ranges checked here), call one library function, print. Every user error becomes one line and exit code 2
-(`adamix_deploy.command`)."""
+(`adamix_deploy.contracts.command`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import os
 import click
 from click.core import ParameterSource
 
-from adamix_deploy.command import run_one_line_errors
 from adamix_deploy.config import (
     DEFAULT_LR,
     INITS,
@@ -22,8 +21,9 @@ from adamix_deploy.config import (
     field_default,
     train_options,
 )
-from adamix_deploy.errors import AdamixError
-from adamix_deploy.exporters.export_folder import TASKS
+from adamix_deploy.contracts.command import run_one_line_errors
+from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.tasks import TASKS
 from adamix_deploy.training_report import headline
 
 # Options of the command that are not training options, and CLI names that differ from the field names.

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from adamix_deploy.errors import AdamixError
-from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE, TASKS
+from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.tasks import DEFAULT_PROMPT_TEMPLATE, TASKS
 from adamix_deploy.routing import Routing
 
 SHARE_CHOICES = ("up", "down", "none")
@@ -37,7 +37,7 @@ class MixtureSpec:
     bottleneck: int = 16  # adapter width
     activation: str = "gelu"
     placement: str = "ffn"  # adapter positions: ffn | ffn+attn
-    init: str = "official"  # official | kaiming-zero-up (the initialisation before issue 10)
+    init: str = "official"  # official | kaiming-zero-up (independent kaiming draws, up side zero)
     targets: list[str] | None = None  # module-name patterns overriding the family defaults
     modules: list[str] = field(default_factory=list)  # filled by inject_mixture: the names wrapped
 
@@ -67,8 +67,8 @@ class MixtureSpec:
         return cls(**data)
 
 
-# From the SST-2 tuning of benchmarks/bench_adamix.py (MiniLM-L6, 1,000 training sentences, batch 32, validation
-# set only; README "Benchmark"): lr 3e-3 won over 1e-3 for the single module, its consistency control and
+# From the SST-2 tuning of benchmarks/adamix_quality/sst2.py (MiniLM-L6, 1,000 training sentences, batch 32, validation
+# set only; docs/benchmarks/adamix-quality.md): lr 3e-3 won over 1e-3 for the single module, its consistency control and
 # AdaMix, adapters and LoRA alike; the single modules peaked at 3 epochs (of 3 and 8), and AdaMix at twice its
 # single module's epochs beat AdaMix at the same budget on validation (the paper: AdaMix needs 1-2x).
 DEFAULT_LR = {"adapter": 3e-3, "lora": 3e-3, "head": 2e-2}
@@ -82,7 +82,7 @@ def default_epochs(experts: int) -> int:
 
 
 # The paper's settings in one word: what the official scripts set besides the learning rate, the epochs and
-# the batch (those depend on the model and the data size; see the README's benchmark). Sources, in
+# the batch (those depend on the model and the data size; see docs/benchmarks/adamix-quality.md). Sources, in
 # microsoft/AdaMix: NLU `examples/text-classification/roberta_large_mnli_expert_soup.sh` and
 # `bert_base_mnli_expert_soup.sh` (4 experts, adapter size 16, --sharing_up 1, weight decay 0.1, warm-up 6 %,
 # consistency loss weight 1, the classifier head's dense layer trained); NLG `NLG/run_train_e2e.sh` (8 experts,

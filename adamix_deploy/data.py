@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from adamix_deploy.errors import DataError
+from adamix_deploy.contracts.checkpoint_format import CheckpointConfig
+from adamix_deploy.contracts.errors import DataError
 
 TEXT_COLUMNS = ("sentence", "text", "sentence1", "premise", "question")
 PAIR_COLUMNS = {"sentence1": "sentence2", "premise": "hypothesis", "question": "sentence"}
@@ -206,13 +207,13 @@ def seeded_subset(items: list, size: int | None, seed: int) -> list:
     return [items[i] for i in keep]
 
 
-def read_like_checkpoint(path: str | Path, config: dict) -> list:
+def read_like_checkpoint(path: str | Path, config: CheckpointConfig) -> list:
     """The examples of a labelled file, read as the checkpoint's training run read its files: same columns,
     header or not, label set or numeric labels (``adamix-eval``, the export's parity and routing figures)."""
-    if config["task"] == "generation":
+    if config.task == "generation":
         return read_generation(path)
-    columns = config.get("data_columns") or {}
-    regression = config["task"] == "regression"
+    columns = config.data_columns or {}
+    regression = config.task == "regression"
     return read_classification(
-        path, **columns, labels=None if regression else config["labels"], regression=regression
+        path, **columns, labels=None if regression else config.labels, regression=regression
     )

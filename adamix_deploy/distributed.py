@@ -49,7 +49,7 @@ import torch.distributed as dist
 from torch import nn
 
 from adamix_deploy.collate import IGNORE_INDEX
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.mixture import mixture_modules
 from adamix_deploy.objective import adamix_loss
 

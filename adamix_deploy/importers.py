@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from adamix_deploy.checkpoint import CONFIG_NAME, MixtureCheckpoint, load_checkpoint, load_trainable_weights
+from adamix_deploy.checkpoint import MixtureCheckpoint, checkpoint_config, load_checkpoint, load_trainable_weights
 from adamix_deploy.config import MixtureSpec
-from adamix_deploy.errors import AdamixError, CheckpointError
-from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE
+from adamix_deploy.contracts.checkpoint_format import CONFIG_NAME, CheckpointConfig
+from adamix_deploy.contracts.errors import AdamixError, CheckpointError
+from adamix_deploy.contracts.tasks import DEFAULT_PROMPT_TEMPLATE
 from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
 from adamix_deploy.packaged_models import resolve_model
 
@@ -78,26 +79,17 @@ def _labels_for(base_path: Path, count: int) -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def _checkpoint(model, tokenizer, config: dict, folder: Path) -> MixtureCheckpoint:
+def _checkpoint(model, tokenizer, config: CheckpointConfig, folder: Path) -> MixtureCheckpoint:
     model.eval()
     return MixtureCheckpoint(model, tokenizer, config, folder)
 
 
 def _config(
     base_name: str, base_path: Path, model, task: str, labels, spec: MixtureSpec, head, fmt: str, files
-) -> dict:
-    return {
-        "source_format": fmt,
-        "source_files": files,
-        "base_model": {"name": base_name, "path": str(base_path), "model_type": model.config.model_type,
-                       "architecture": type(model).__name__},
-        "task": task,
-        "labels": labels,
-        "max_length": 128,
-        "prompt_template": DEFAULT_PROMPT_TEMPLATE if task == "generation" else None,
-        "mixture": spec.to_dict(),
-        "head": head,
-    }  # fmt: skip
+) -> CheckpointConfig:
+    template = DEFAULT_PROMPT_TEMPLATE if task == "generation" else None
+    return checkpoint_config(model, base_name, base_path, task, labels, spec, head, prompt_template=template,
+                             source_format=fmt, source_files=files)  # fmt: skip
 
 
 # --- PEFT -------------------------------------------------------------------------------------------------
@@ -140,7 +132,7 @@ def load_peft_lora(folder: Path, base_model: str | None) -> MixtureCheckpoint:
         labels = _labels_for(base_path, count)
     spec = MixtureSpec("lora", experts=1, share="up", rank=rank, alpha=alpha, modules=modules)
     tokenizer = load_tokenizer(folder if (folder / "tokenizer_config.json").is_file() else base_path)
-    model, head = build_mixture_model(base_path, task, labels, spec, tokenizer, head=sorted(head_tensors))
+    model, head, spec = build_mixture_model(base_path, task, labels, spec, tokenizer, head=sorted(head_tensors))
     tensors = dict(head_tensors)
     for m in modules:
         tensors[f"{m}.lora_A"] = weights[f"{prefix}{m}.lora_A.weight"][None]
@@ -222,7 +214,7 @@ def _official_nlu(path: Path, state: dict, base_model: str | None, activation: s
     spec = MixtureSpec("adapter", experts=experts, share=share, bottleneck=bottleneck, activation=activation,
                        placement="ffn", modules=modules)  # fmt: skip
     tokenizer = load_tokenizer(base_path)
-    model, head = build_mixture_model(
+    model, head, spec = build_mixture_model(
         base_path, "classification", labels, spec, tokenizer, head=sorted(head_tensors)
     )
     tensors = dict(head_tensors)
@@ -260,7 +252,7 @@ def _official_gpt2(path: Path, state: dict, base_model: str | None, lora_alpha: 
     # exactly the reference's zero-padded q/v update. Its scaling alpha/(2r) must equal the reference's alpha/r.
     spec = MixtureSpec("lora", experts=experts, share=share, rank=two_r, alpha=2 * lora_alpha,
                        modules=sorted(_hf_name(m) for m in groups))  # fmt: skip
-    model, head = build_mixture_model(base_path, "generation", None, spec, tokenizer, head=[])
+    model, head, spec = build_mixture_model(base_path, "generation", None, spec, tokenizer, head=[])
     tensors = {}
     for module, sides in groups.items():
         name = _hf_name(module)

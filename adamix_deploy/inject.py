@@ -12,12 +12,13 @@ expressions, matched against the end of dotted module names) overrides the defau
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 from torch import nn
 
 from adamix_deploy.adapter import LinearWithAdapter, MixtureAdapter
 from adamix_deploy.config import MixtureSpec
-from adamix_deploy.errors import AdamixError, ModelError
+from adamix_deploy.contracts.errors import AdamixError, ModelError
 from adamix_deploy.lora import MixtureLoRALinear, linear_features
 from adamix_deploy.mixture import mixture_modules
 
@@ -69,11 +70,11 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
 
 
-def inject_mixture(model: nn.Module, spec: MixtureSpec) -> list[str]:
-    """Wrap the target modules of ``model`` in place; record and return their names."""
+def inject_mixture(model: nn.Module, spec: MixtureSpec) -> MixtureSpec:
+    """Wrap the target modules of ``model`` in place (``spec.modules`` when it names them, else the modules
+    its targets match); returns ``spec`` with the wrapped names in ``modules`` (``spec`` itself is left as is)."""
     if spec.method == "head":
-        spec.modules = []
-        return []
+        return replace(spec, modules=[])
     patterns = target_patterns(spec, model.config.model_type)
     names = spec.modules or matching_modules(model, patterns)
     if not names:
@@ -89,8 +90,7 @@ def inject_mixture(model: nn.Module, spec: MixtureSpec) -> list[str]:
             adapter = MixtureAdapter(hidden, spec.bottleneck, spec.experts, spec.share, spec.activation, spec.init)
             wrapped = LinearWithAdapter(base, adapter)
         set_submodule(model, name, wrapped.to(next(base.parameters()).dtype))
-    spec.modules = list(names)
-    return spec.modules
+    return replace(spec, modules=list(names))
 
 
 def mixture_parameter_names(model: nn.Module) -> list[str]:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.mixture import MixtureModule, side_sizes
 
 

@@ -25,7 +25,7 @@ from transformers.activations import ACT2FN
 from transformers.pytorch_utils import Conv1D
 
 from adamix_deploy.adapter import LinearWithAdapter, MixtureAdapter
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.inject import set_submodule
 from adamix_deploy.lora import MixtureLoRALinear
 from adamix_deploy.routing import Routing

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.routing import Routing
 
 

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from transformers.utils import logging as transformers_logging
 
 from adamix_deploy.config import MixtureSpec
-from adamix_deploy.errors import ModelError
+from adamix_deploy.contracts.errors import ModelError
 from adamix_deploy.inject import freeze_all_but, inject_mixture, mixture_parameter_names
 
 POOLER_PATTERN = re.compile(r"(^|\.)pooler\.dense\.(weight|bias)$")
@@ -128,11 +128,11 @@ def build_mixture_model(
     train_pooler: bool = False,
     freeze_head: bool = False,
     notice: Callable[[str], None] | None = None,
-) -> tuple[torch.nn.Module, list[str]]:
+) -> tuple[torch.nn.Module, list[str], MixtureSpec]:
     """Base model + mixture modules, base frozen: only the mixture parameters and the task head train, and
-    they are exactly the tensors a checkpoint stores. Returns the model and the head's parameter names
-    (``head`` given: those of a checkpoint; else `choose_head`, and a re-initialised head is reported to
-    ``notice``). BERT's pooler is pretrained, and for a sentence-embedding model such as MiniLM never
+    they are exactly the tensors a checkpoint stores. Returns the model, the head's parameter names (``head``
+    given: those of a checkpoint; else `choose_head`, and a re-initialised head is reported to
+    ``notice``) and ``spec`` with the names of the modules it wrapped (`inject_mixture`). BERT's pooler is pretrained, and for a sentence-embedding model such as MiniLM never
     task-trained; the official RoBERTa head trains its dense layer, which is new there anyway; models that pool
     the last token (GPT-2, Llama, OPT classifiers) have no pooler to add."""
     loaded = load_base_model(path, task, labels, tokenizer)
@@ -142,6 +142,6 @@ def build_mixture_model(
         line = head_notice(loaded)
         if line and notice:
             notice(line)
-    inject_mixture(model, spec)
+    spec = inject_mixture(model, spec)
     freeze_all_but(model, set(mixture_parameter_names(model)) | set(head))
-    return model, head
+    return model, head, spec

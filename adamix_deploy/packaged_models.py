@@ -15,8 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from adamix_deploy.atomic import atomic_directory
-from adamix_deploy.errors import ModelError
+from adamix_deploy.contracts.atomic import atomic_directory
+from adamix_deploy.contracts.errors import ModelError
 
 
 @dataclass(frozen=True)

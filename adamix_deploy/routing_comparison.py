@@ -12,9 +12,9 @@ import torch
 
 from adamix_deploy.checkpoint import MixtureCheckpoint
 from adamix_deploy.collate import encode_classification, encode_generation, model_input_names
+from adamix_deploy.contracts.tasks import DEFAULT_PROMPT_TEMPLATE, SEQUENCE_TASKS
 from adamix_deploy.data import read_like_checkpoint, seeded_subset
 from adamix_deploy.evaluation import evaluate_classification, evaluate_generation_loss, evaluate_regression
-from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE, SEQUENCE_TASKS
 from adamix_deploy.importers import detect_and_load
 
 
@@ -40,16 +40,16 @@ def compare_routings(
     """The checkpoint's metrics on ``data_file`` under each routing (default: average, ensemble, random and
     every expert). Leaves the model in ``eval`` mode with the last routing set."""
     config, model, tokenizer = ckpt.config, ckpt.model, ckpt.tokenizer
-    task = config["task"]
-    experts = config["mixture"]["experts"]
+    task = config.task
+    experts = config.mixture["experts"]
     routings = routings or ["average", "ensemble", "random"] + [f"expert:{i}" for i in range(experts)]
-    max_length = config.get("max_length") or 128
+    max_length = config.max_length
     examples = seeded_subset(read_like_checkpoint(data_file, config), max_examples, seed)
     if task in SEQUENCE_TASKS:
-        items = encode_classification(tokenizer, examples, config["labels"], max_length, model_input_names(model))
+        items = encode_classification(tokenizer, examples, config.labels, max_length, model_input_names(model))
     else:
         items = encode_generation(
-            tokenizer, examples, config.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE, max_length
+            tokenizer, examples, config.prompt_template or DEFAULT_PROMPT_TEMPLATE, max_length
         )
     evaluate = {
         "classification": evaluate_classification,

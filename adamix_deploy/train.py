@@ -18,13 +18,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from adamix_deploy.atomic import recover_interrupted_replace
-from adamix_deploy.checkpoint import read_config, read_training_state, save_checkpoint
+from adamix_deploy.checkpoint import checkpoint_config, read_training_state, save_checkpoint
 from adamix_deploy.collate import collate, encode_classification, encode_generation, model_input_names
 from adamix_deploy.config import TrainOptions
+from adamix_deploy.contracts.atomic import recover_interrupted_replace
+from adamix_deploy.contracts.checkpoint_format import read_checkpoint_config
+from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
 from adamix_deploy.data import group_references, label_set, read_classification, read_generation, seeded_subset
 from adamix_deploy.distributed import Distributed
-from adamix_deploy.errors import AdamixError
 from adamix_deploy.evaluation import (
     evaluate_classification,
     evaluate_generation_loss,
@@ -32,8 +34,6 @@ from adamix_deploy.evaluation import (
     generate_texts,
     generation_scores,
 )
-from adamix_deploy.exporters.export_folder import SEQUENCE_TASKS
-from adamix_deploy.inject import count_parameters
 from adamix_deploy.mixture import set_routing
 from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
 from adamix_deploy.packaged_models import resolve_model
@@ -82,11 +82,11 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
     dist.barrier()
     state = None
     if resume:
-        config = read_config(output)
-        if config["training"].get("complete"):
+        stored_config = read_checkpoint_config(output)
+        if stored_config.training.get("complete"):
             raise AdamixError(f"{output}: training already complete; nothing to resume")
         # The run's settings come from the checkpoint; how far to go this time and how to show it, from the caller.
-        stored = TrainOptions.from_dict(config["training"]["options"])
+        stored = TrainOptions.from_dict(stored_config.training["options"])
         options = replace(stored, stop_after=options.stop_after, progress=options.progress)
         state = read_training_state(output)
         if state is None:
@@ -103,11 +103,10 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
     model_path = resolve_model(options.model)
     tokenizer = load_tokenizer(model_path)
     tokenizer.padding_side = "right"
-    model, head = build_mixture_model(
+    model, head, spec = build_mixture_model(
         model_path, options.task, labels, spec, tokenizer, train_pooler=options.train_pooler,
         freeze_head=options.freeze_head, notice=(lambda line: print(line, file=sys.stderr)) if dist.is_main else None,
     )  # fmt: skip
-    n_trainable, n_total = count_parameters(model)
     # GPU runs differ from CPU runs only in floating-point order (and a resume there reuses the CPU RNG only)
     device = dist.choose_device(options.device)
     model.to(device)
@@ -132,22 +131,12 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
     dist.share_routing(model)  # several processes: from here on, all draw the same routes
     objective = dist.objective(model, options.task, options.consistency_weight, options.label_smoothing)
 
-    config = {
-        "base_model": {
-            "name": options.model,
-            "path": str(model_path),
-            "model_type": model.config.model_type,
-            "architecture": type(model).__name__,
-        },
-        "task": options.task,
-        "labels": labels,
-        "max_length": options.max_length,
-        "prompt_template": options.prompt_template if options.task == "generation" else None,
-        "mixture": spec.to_dict(),
-        "head": head,
-        "data_columns": options.data_columns() if options.task in SEQUENCE_TASKS else None,
-        "parameters": {"trainable": n_trainable, "total": n_total, "trainable_share": n_trainable / n_total},
-    }
+    config = checkpoint_config(
+        model, options.model, model_path, options.task, labels, spec, head,
+        max_length=options.max_length,
+        prompt_template=options.prompt_template if options.task == "generation" else None,
+        data_columns=options.data_columns() if options.task in SEQUENCE_TASKS else None,
+    )  # fmt: skip
 
     def save(complete: bool, extra: dict | None = None) -> None:
         training = {
@@ -163,7 +152,7 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
             run_state = None
             if not complete:
                 run_state = capture_training_state(optimizer, scheduler, step, history, elapsed, dist.rng_state())
-            save_checkpoint(output, {**config, "training": training}, model, tokenizer, run_state)
+            save_checkpoint(output, replace(config, training=training), model, tokenizer, run_state)
         dist.barrier()
 
     def evaluate() -> dict:

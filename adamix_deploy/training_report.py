@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from adamix_deploy.contracts.checkpoint_format import CheckpointConfig
 
-def run_summary(output: Path, config: dict, history: list, final: dict, elapsed: float, step: int) -> dict:
-    metric = _headline_metric(config["task"], final)
+
+def run_summary(
+    output: Path, config: CheckpointConfig, history: list, final: dict, elapsed: float, step: int
+) -> dict:
+    metric = _headline_metric(config.task, final)
     return {
         "output": str(output),
-        "task": config["task"],
-        "method": config["mixture"]["method"],
-        "experts": config["mixture"]["experts"],
+        "task": config.task,
+        "method": config.mixture["method"],
+        "experts": config.mixture["experts"],
         "metric": metric,
         "eval": final.get("eval", {}),
         **(
@@ -19,9 +23,9 @@ def run_summary(output: Path, config: dict, history: list, final: dict, elapsed:
             if "generation" in final
             else {}
         ),
-        "trainable_parameters": config["parameters"]["trainable"],
-        "total_parameters": config["parameters"]["total"],
-        "trainable_share": config["parameters"]["trainable_share"],
+        "trainable_parameters": config.parameters["trainable"],
+        "total_parameters": config.parameters["total"],
+        "trainable_share": config.parameters["trainable_share"],
         "train_seconds": round(elapsed, 2),
         "steps": step,
         "epochs": len(history),

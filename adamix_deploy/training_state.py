@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from adamix_deploy.checkpoint import WEIGHTS_NAME, load_trainable_weights
+from adamix_deploy.checkpoint import load_trainable_weights
+from adamix_deploy.contracts.checkpoint_format import WEIGHTS_NAME
 
 
 def capture_training_state(

@@ -1,11 +1,13 @@
-"""What LoRA inputs on every layer of a base cost (issue 22, item 3). Not a test: prints a table, writes JSON.
+"""What LoRA inputs on every layer of an adapter base cost. Not a test: prints a table, writes JSON and the
+tables of docs/benchmarks/adapters.md.
 
-    python benchmarks/adapter_base_inputs.py [--rounds 30] [--threads 1]
+    python -m benchmarks.adapter_base_inputs measure [--rounds 30] [--threads 1]   # then report
+    python -m benchmarks.adapter_base_inputs report
 
 A base for onnxruntime adapters takes LoRA either on its family's default LoRA layers (``lora_layers="default"``,
-MiniLM-L6: query and value, 12 layers; for a checkpoint of the default recipe that is also what a base took
-before issue 22, the layers of its first checkpoint) or on every linear layer (``"all"``: 6 per encoder layer,
-36), each with an empty (rank 0) default. Both bases are made here by `export_adapter` from one MiniLM checkpoint
+MiniLM-L6: query and value, 12 layers: what a base made from a default-recipe checkpoint takes) or on every
+linear layer (``"all"``, `adamix-export --adapter-layers all`: 6 per encoder layer, 36), each with an empty
+(rank 0) default. Both bases are made here by `export_adapter` from one MiniLM checkpoint
 of the default recipe (nlu-lora: LoRA r 8 on query/value, 4 experts, B shared, pooler trained; seeded random
 weights: the cost depends on shapes only). Each graph runs with no adapter active and with that checkpoint's
 adapter active (the same file feeds both: its inputs are in both graphs), at batch 1 and 8 padded to 128 tokens,
@@ -25,18 +27,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common.pages import Markdown, publish
+from benchmarks.common.paths import RESULTS
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
+RESULT = RESULTS / "adapter_base_inputs.json"
 CALLS = 5
+SHAPES = ("batch 1 x 16", "batch 1 x 128", "batch 8 x 128")
 
 
 def checkpoint(folder: Path) -> Path:
     import torch
 
-    from adamix_deploy.checkpoint import save_checkpoint
+    from adamix_deploy.checkpoint import checkpoint_config, save_checkpoint
     from adamix_deploy.config import MixtureSpec
-    from adamix_deploy.inject import count_parameters
     from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
     from adamix_deploy.packaged_models import resolve_model
 
@@ -44,21 +48,14 @@ def checkpoint(folder: Path) -> Path:
     spec = MixtureSpec("lora", experts=4, share="up", rank=8, alpha=16.0, init="official")
     tokenizer = load_tokenizer(path)
     torch.manual_seed(0)
-    model, head = build_mixture_model(path, "classification", ["negative", "positive"], spec, tokenizer,
-                                      train_pooler=True)  # fmt: skip
+    labels = ["negative", "positive"]
+    model, head, spec = build_mixture_model(path, "classification", labels, spec, tokenizer, train_pooler=True)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.02 * torch.randn_like(p))
-    trainable, total = count_parameters(model)
-    config = {
-        "base_model": {"name": "minilm", "path": str(path), "model_type": model.config.model_type,
-                       "architecture": type(model).__name__},
-        "task": "classification", "labels": ["negative", "positive"], "max_length": 128, "prompt_template": None,
-        "mixture": spec.to_dict(), "head": head,
-        "parameters": {"trainable": trainable, "total": total, "trainable_share": trainable / total},
-        "training": {"complete": True},
-    }  # fmt: skip
+    config = checkpoint_config(model, "minilm", path, "classification", labels, spec, head,
+                               training={"complete": True})  # fmt: skip
     save_checkpoint(folder, config, model, tokenizer)
     return folder
 
@@ -109,28 +106,50 @@ def measure(folders: dict[str, Path], rounds: int, threads: int) -> dict[str, fl
     return {" | ".join(case): statistics.median(t) for case, t in times.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+def measure_main(rounds: int, threads: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         folders = bases(checkpoint(work / "ckpt"), work)
         inputs = {name: len(json.loads((f / "adamix_manifest.json").read_text())["adapter_base"]["inputs"])
                   for name, f in folders.items()}  # fmt: skip
-        medians = measure(folders, args.rounds, args.threads)
+        medians = measure(folders, rounds, threads)
     import onnxruntime
 
-    result = {"rounds": args.rounds, "calls_per_round": CALLS, "threads": args.threads, "inputs": inputs,
+    result = {"rounds": rounds, "calls_per_round": CALLS, "threads": threads, "inputs": inputs,
               "onnxruntime": onnxruntime.__version__, "median_ms": medians}  # fmt: skip
-    (RESULTS / "adapter_base_inputs.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{'shape':<15}{'adapter':<9}{'default layers ms':>18}{'every layer ms':>16}{'cost':>8}")
-    for shape in ("batch 1 x 16", "batch 1 x 128", "batch 8 x 128"):
+    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def report(write: bool = True) -> None:
+    result = json.loads(RESULT.read_text())
+    medians = result["median_ms"]
+    md = Markdown()
+    md(f"MiniLM-L6, onnxruntime {result['onnxruntime']}, {result['threads']} thread(s); median ms over "
+       f"{result['rounds']} rounds x {result['calls_per_round']} calls, all cases alternating in one process; "
+       f"graph inputs: {', '.join(f'{k} {v}' for k, v in result['inputs'].items())}.")  # fmt: skip
+    md()
+    rows = []
+    for shape in SHAPES:
         for active in ("none", "active"):
-            old = medians[f"default layers | {active} | {shape}"]
-            new = medians[f"every layer | {active} | {shape}"]
-            print(f"{shape:<15}{active:<9}{old:>18.2f}{new:>16.2f}{100 * (new / old - 1):>+7.1f}%")
+            default = medians[f"default layers | {active} | {shape}"]
+            every = medians[f"every layer | {active} | {shape}"]
+            rows.append((shape, active, f"{default:.2f}", f"{every:.2f}", f"{100 * (every / default - 1):+.1f} %"))
+    md.table(("shape", "adapter", "default layers (ms)", "every layer (ms)", "cost"), rows)
+    publish(md, "adapters.md", "base-inputs", write)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    measure_parser = sub.add_parser("measure", help="build both bases from one MiniLM checkpoint, time them")
+    measure_parser.add_argument("--rounds", type=int, default=30)
+    measure_parser.add_argument("--threads", type=int, default=1)
+    report_parser = sub.add_parser("report", help="print the table and write it into docs/benchmarks/adapters.md")
+    report_parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if args.step == "measure":
+        measure_main(args.rounds, args.threads)
+    report(write=args.step == "measure" or not args.no_write)
 
 
 if __name__ == "__main__":

@@ -112,8 +112,8 @@ def _prompts_file(count: int) -> str:
 
 
 def quality(genai_python: str | None) -> None:
+    from adamix_deploy.contracts.export_folder import read_manifest
     from adamix_deploy.evaluation import generation_scores
-    from adamix_deploy.exporters.export_folder import read_manifest
     from adamix_deploy.serving.engine.model_folder import read_model_folder
     from adamix_deploy.serving.engine.onnx_loops import greedy_generate, open_session
 
@@ -181,7 +181,7 @@ def paired_bootstrap(
 # -- speed: one backend per process ------------------------------------------------------------------------------
 def speed_one(backend: str) -> None:
     """Prints one JSON line for ``backend`` (run in a fresh process by `speed`)."""
-    from adamix_deploy.exporters.export_folder import read_manifest
+    from adamix_deploy.contracts.export_folder import read_manifest
     from adamix_deploy.serving.engine.model_folder import read_model_folder
 
     manifest = read_manifest(EXPORT)
@@ -288,7 +288,7 @@ def speed(genai_python: str | None) -> None:
 # -- report ------------------------------------------------------------------------------------------------------
 def summarize() -> dict:
     """The summary of the quality and speed files with the export's parity report and file sizes."""
-    from adamix_deploy.exporters.export_folder import read_manifest
+    from adamix_deploy.contracts.export_folder import read_manifest
 
     manifest = read_manifest(EXPORT)
     quality_rows = {r["precision"]: r for r in read_records(RESULTS / QUALITY_FILE)}

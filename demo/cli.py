@@ -6,8 +6,8 @@ import os
 
 import click
 
-from adamix_deploy.command import run_one_line_errors
-from adamix_deploy.exporters.export_folder import PRECISIONS
+from adamix_deploy.contracts.command import run_one_line_errors
+from adamix_deploy.contracts.export_folder import PRECISIONS
 
 
 @click.command("adamix-demo")

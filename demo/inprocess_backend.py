@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
+from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.demo.backend import DemoError, Sampling
-from adamix_deploy.errors import AdamixError
 from adamix_deploy.serving.engine.results import Classification, Finished, TextDelta
 from adamix_deploy.serving.engine.runtime import ModelRuntime, ServerSettings
 from adamix_deploy.serving.engine.sampling import SamplingParams

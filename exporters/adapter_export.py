@@ -38,10 +38,11 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 from adamix_deploy.adapter import LinearWithAdapter
-from adamix_deploy.atomic import atomic_directory
 from adamix_deploy.checkpoint import MixtureCheckpoint
-from adamix_deploy.errors import AdamixError
-from adamix_deploy.exporters.export_folder import (
+from adamix_deploy.contracts.atomic import atomic_directory
+from adamix_deploy.contracts.checkpoint_format import CheckpointConfig
+from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.export_folder import (
     ADAPTER_FILE,
     ADAPTER_LORA_LAYERS,
     ADAPTER_MANIFEST_NAME,
@@ -49,10 +50,8 @@ from adamix_deploy.exporters.export_folder import (
     ADAPTERS_FOLDER,
     MANIFEST_NAME,
     ONNX_FILES,
-    SEQUENCE_TASKS,
     AdapterBaseInfo,
     AdapterManifest,
-    BaseModelInfo,
     Manifest,
     MixtureInfo,
     OnnxInfo,
@@ -60,6 +59,7 @@ from adamix_deploy.exporters.export_folder import (
     sha256_file,
     write_manifest,
 )
+from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
 from adamix_deploy.exporters.onnx_export import export_onnx
 from adamix_deploy.exporters.optimize import optimize_adapter_base
 from adamix_deploy.exporters.ort_adapters import BOTTLENECK, HEAD, LORA_A, LORA_B, AdapterInput, ReplacedTensor
@@ -121,8 +121,8 @@ def export_adapter(
     base = read_manifest(base_folder)
     _check_base(base, ckpt.config, base_folder)
     inputs = [AdapterInput(**i) for i in base.adapter_base.inputs]
-    tensors, ranks = adapter_tensors(merged, loras, inputs, merge_method, ckpt.config.get("head"), base_folder)
-    task, config = ckpt.config["task"], ckpt.config
+    tensors, ranks = adapter_tensors(merged, loras, inputs, merge_method, ckpt.config.head, base_folder)
+    task, config = ckpt.config.task, ckpt.config
     samples = parity_inputs(task, verify_file, config, parity_prompts)
     stages = {"onnx_fp32_adapter": base_folder / ONNX_FILES["fp32"]}
     with atomic_directory(target) as tmp:
@@ -130,7 +130,7 @@ def export_adapter(
         try:
             if task in SEQUENCE_TASKS:
                 parity = check_classification(ckpt.model, merged, ckpt.tokenizer, stages, samples, set(), tolerance,
-                                              config.get("max_length", 128), adapter=tmp / ADAPTER_FILE)  # fmt: skip
+                                              config.max_length, adapter=tmp / ADAPTER_FILE)  # fmt: skip
             else:
                 parity = check_generation(ckpt.model, merged, ckpt.tokenizer, stages, samples, set(), tolerance,
                                           greedy_steps, adapter=tmp / ADAPTER_FILE)  # fmt: skip
@@ -140,9 +140,9 @@ def export_adapter(
         manifest = AdapterManifest(
             name=name,
             task=task,
-            labels=config.get("labels"),
-            prompt_template=config.get("prompt_template"),
-            max_length=config.get("max_length"),
+            labels=config.labels,
+            prompt_template=config.prompt_template,
+            max_length=config.max_length,
             mixture=mixture_info(config),
             merge_method=merge_method,
             base_sha256=base.adapter_base.model_sha256,
@@ -260,7 +260,7 @@ def write_base(
     adapter inputs: ``merged`` with its LoRA layers back to the base layers (the head and collapsed
     bottlenecks stay, as the templates the inputs replace); written atomically."""
     started = time.perf_counter()
-    config, task = ckpt.config, ckpt.config["task"]
+    config, task = ckpt.config, ckpt.config.task
     base_model = copy.deepcopy(merged)
     for module_name, lora in loras.items():
         set_submodule(base_model, module_name, copy.deepcopy(lora.base))
@@ -277,13 +277,13 @@ def write_base(
         )  # fmt: skip
         keep_export_files(raw, tmp)
 
-        mixture = config["mixture"]
+        mixture = config.mixture
         manifest = Manifest(
             task=task,
             labels=None,
-            prompt_template=config.get("prompt_template"),
-            max_length=config.get("max_length"),
-            base_model=BaseModelInfo(**config["base_model"]),
+            prompt_template=config.prompt_template,
+            max_length=config.max_length,
+            base_model=config.base_model,
             mixture=MixtureInfo("lora", 1, "none", rank=mixture.get("rank"), alpha=mixture.get("alpha")),
             parameters=None,
             merge_method="none",
@@ -300,21 +300,21 @@ def write_base(
         write_manifest(tmp, manifest)
 
 
-def _check_base(base: Manifest, config: dict, folder: Path) -> None:
+def _check_base(base: Manifest, config: CheckpointConfig, folder: Path) -> None:
     """The checkpoint fits this base: same base model and task family. (Parity then checks the numbers.)"""
     if base.adapter_base is None:
         raise AdamixError(
             f"{folder} is an export folder, not a base for adapters (those are made by --adapter-of)"
         )
-    task = config["task"]
+    task = config.task
     if (task in SEQUENCE_TASKS) != (base.task in SEQUENCE_TASKS):
         raise AdamixError(f"a {task} checkpoint cannot be an adapter of {folder}, a {base.task} base")
-    mine, theirs = config["base_model"], base.base_model
+    mine, theirs = config.base_model, base.base_model
     # the structure must match here; whether the weights are the same base model, parity decides (a copy of
     # the same base under another path is fine, another fine-tune of the same architecture is not)
-    if (mine.get("model_type"), mine.get("architecture")) != (theirs.model_type, theirs.architecture):
+    if (mine.model_type, mine.architecture) != (theirs.model_type, theirs.architecture):
         raise AdamixError(
-            f"this checkpoint's base model is {mine.get('name')} ({mine.get('architecture')}); {folder} is a base "
+            f"this checkpoint's base model is {mine.name} ({mine.architecture}); {folder} is a base "
             f"of {theirs.name} ({theirs.architecture})"
         )
 

@@ -6,8 +6,8 @@ import json
 
 import click
 
-from adamix_deploy.command import run_one_line_errors
-from adamix_deploy.exporters.export_folder import ADAPTER_LORA_LAYERS, QUANTIZED_PRECISIONS
+from adamix_deploy.contracts.command import run_one_line_errors
+from adamix_deploy.contracts.export_folder import ADAPTER_LORA_LAYERS, QUANTIZED_PRECISIONS
 
 
 @click.command("adamix-export")

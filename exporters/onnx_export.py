@@ -8,7 +8,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 
 # a regression head is a one-output sequence classifier to optimum
 OPTIMUM_TASKS = {

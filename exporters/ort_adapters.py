@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 
 LORA_A, LORA_B, HEAD, BOTTLENECK = "lora_a", "lora_b", "head", "bottleneck"
 

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from adamix_deploy.collate import model_input_names
+from adamix_deploy.contracts.checkpoint_format import CheckpointConfig
+from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.tasks import DEFAULT_PROMPT_TEMPLATE, SEQUENCE_TASKS
 from adamix_deploy.data import group_references, read_generation, read_like_checkpoint
-from adamix_deploy.errors import AdamixError
-from adamix_deploy.exporters.export_folder import DEFAULT_PROMPT_TEMPLATE, SEQUENCE_TASKS
 from adamix_deploy.serving.engine.onnx_loops import (
     ActiveAdapter,
     classify_logits,
@@ -54,7 +55,7 @@ class ParityError(AdamixError):
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------
-def parity_inputs(task: str, verify_file, config: dict, prompts: int = 4) -> list:
+def parity_inputs(task: str, verify_file, config: CheckpointConfig, prompts: int = 4) -> list:
     """Classification and regression: (text, pair) tuples, the first 32 of ``verify_file`` or built-in
     sentences. Generation: ``prompts`` prompts laid out with the checkpoint's template, the first records of
     ``verify_file`` or built-in prompts (at most as many as there are)."""
@@ -64,7 +65,7 @@ def parity_inputs(task: str, verify_file, config: dict, prompts: int = 4) -> lis
             return [(e.text, e.text_pair) for e in examples]
         return [(s, None) for s in BUILTIN_SENTENCES]
     records = [p for p, _ in group_references(read_generation(verify_file))] if verify_file else BUILTIN_PROMPTS
-    template = config.get("prompt_template") or DEFAULT_PROMPT_TEMPLATE
+    template = config.prompt_template or DEFAULT_PROMPT_TEMPLATE
     return [template.format(prompt=p) for p in records[:prompts]]
 
 

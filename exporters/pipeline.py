@@ -13,15 +13,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from adamix_deploy.atomic import atomic_directory
-from adamix_deploy.checkpoint import CONFIG_NAME, WEIGHTS_NAME, MixtureCheckpoint
-from adamix_deploy.errors import AdamixError
-from adamix_deploy.exporters.export_folder import (
+from adamix_deploy.checkpoint import MixtureCheckpoint
+from adamix_deploy.contracts.atomic import atomic_directory
+from adamix_deploy.contracts.checkpoint_format import CONFIG_NAME, WEIGHTS_NAME, CheckpointConfig
+from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.export_folder import (
     MERGED_FOLDER,
     ONNX_FILES,
     QUANTIZED_PRECISIONS,
-    SEQUENCE_TASKS,
-    BaseModelInfo,
     Manifest,
     MixtureInfo,
     OnnxInfo,
@@ -29,6 +28,7 @@ from adamix_deploy.exporters.export_folder import (
     sha256_folder,
     write_manifest,
 )
+from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
 from adamix_deploy.exporters.merged_folder import save_merged_folder
 from adamix_deploy.exporters.onnx_export import export_onnx
 from adamix_deploy.exporters.optimize import convert_fp16, optimize_graph
@@ -70,7 +70,7 @@ def export_checkpoint(
     started = time.perf_counter()
     ckpt = detect_and_load(Path(source), base_model, lora_alpha, adapter_activation)
     model, tokenizer, config = ckpt.model, ckpt.tokenizer, ckpt.config
-    task = config["task"]
+    task = config.task
     if "int4" in quantize and task != "generation":
         raise AdamixError("--quantize int4 is for generation models; encoders take --quantize int8")
     set_routing(model, routing_for(merge_method))
@@ -95,7 +95,7 @@ def export_checkpoint(
         keep_export_files(raw, tmp)
         stages = {f"onnx_{precision}": tmp / name for precision, name in files.items()}
         if task in SEQUENCE_TASKS:
-            max_length = config.get("max_length", 128)
+            max_length = config.max_length
             parity = check_classification(
                 model, merged, tokenizer, stages, samples, REDUCED_PRECISIONS, tolerance, max_length
             )
@@ -132,9 +132,9 @@ def keep_export_files(raw: Path, folder: Path) -> None:
     shutil.rmtree(raw)
 
 
-def mixture_info(config: dict) -> MixtureInfo:
+def mixture_info(config: CheckpointConfig) -> MixtureInfo:
     """The manifest's description of a checkpoint's mixture."""
-    mixture = config["mixture"]
+    mixture = config.mixture
     return MixtureInfo(**{k: mixture[k] for k in ("method", "experts", "share", "rank", "alpha", "bottleneck")})
 
 
@@ -143,13 +143,13 @@ def _manifest(
 ) -> Manifest:
     config = ckpt.config
     return Manifest(
-        task=config["task"],
-        labels=config.get("labels"),
-        prompt_template=config.get("prompt_template"),
-        max_length=config.get("max_length"),
-        base_model=BaseModelInfo(**config["base_model"]),
+        task=config.task,
+        labels=config.labels,
+        prompt_template=config.prompt_template,
+        max_length=config.max_length,
+        base_model=config.base_model,
         mixture=mixture_info(config),
-        parameters=config.get("parameters"),
+        parameters=config.parameters,
         merge_method=merge_method,
         onnx=onnx,
         parity=parity,
@@ -165,12 +165,10 @@ def source_info(ckpt: MixtureCheckpoint, source: Path) -> SourceInfo:
         hashed_folder, hashed = source.parent, [source.name]
     else:
         hashed_folder = ckpt.folder
-        hashed = [
-            n for n in config.get("source_files", [CONFIG_NAME, WEIGHTS_NAME]) if (ckpt.folder / n).is_file()
-        ]
+        hashed = [n for n in config.source_files or [CONFIG_NAME, WEIGHTS_NAME] if (ckpt.folder / n).is_file()]
     return SourceInfo(
         checkpoint=str(source.absolute()),
-        format=config.get("source_format", "adamix-mixture"),
+        format=config.source_format,
         sha256=sha256_folder(hashed_folder, hashed),
         files_hashed=hashed,
     )

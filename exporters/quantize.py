@@ -3,8 +3,8 @@ returns the settings it used, which the manifest records (`OnnxInfo.quantization
 
 - Encoders (classification, regression), `int8`: onnxruntime's dynamic quantisation (int8 weights, activations
   quantised at run time), with per-channel weight scales. On merged MiniLM-L6 SST-2 classifiers (872 dev
-  sentences) per-channel agreed with fp32 on 98.05 % vs 96.33 % per-tensor (docs/issue12_findings.md) and on
-  97.36 % vs 96.90 % (README, issue-12 benchmark), at the same speed (~1.9x fp32 at batch 1) and with no
+  sentences) per-channel agreed with fp32 on 98.05 % vs 96.33 % per-tensor (docs/benchmarks/quantization.md) and on
+  97.36 % vs 96.90 % (docs/benchmarks/quantization.md), at the same speed (~1.9x fp32 at batch 1) and with no
   calibration data; the differences are within the noise of one dev set. `reduce_range` lowered agreement in
   both measurements on this VNNI CPU, so it stays off.
 - Decoders (generation), `int8` / `int4`: weight-only block quantisation through onnxruntime's

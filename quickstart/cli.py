@@ -19,11 +19,11 @@ from pathlib import Path
 
 import click
 
-from adamix_deploy.checkpoint import read_config
-from adamix_deploy.command import run_one_line_errors
 from adamix_deploy.config import MixtureSpec, TrainOptions
-from adamix_deploy.errors import AdamixError
-from adamix_deploy.exporters.export_folder import (
+from adamix_deploy.contracts.checkpoint_format import read_checkpoint_config
+from adamix_deploy.contracts.command import run_one_line_errors
+from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.export_folder import (
     MANIFEST_NAME,
     ExportFolderError,
     Manifest,
@@ -79,10 +79,10 @@ def demo_jobs(workdir: Path, scale: float) -> list[TrainOptions]:
 def run_job(options: TrainOptions) -> dict:
     output = Path(options.output)
     if output.exists():
-        config = read_config(output)
-        if config["training"].get("complete"):
+        config = read_checkpoint_config(output)
+        if config.training and config.training.get("complete"):
             click.echo(f"quickstart: reusing {output} (delete it to train again)", err=True)
-            return {"output": str(output), "reused": True, "history": config["training"]["history"][-1]}
+            return {"output": str(output), "reused": True, "history": config.training["history"][-1]}
         return train(options, resume=True)
     return train(options)
 

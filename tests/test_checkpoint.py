@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adamix_deploy.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint, read_config, save_checkpoint
+from adamix_deploy.checkpoint import load_checkpoint, save_checkpoint
 from adamix_deploy.config import MixtureSpec, TrainOptions
-from adamix_deploy.errors import CheckpointError
+from adamix_deploy.contracts.checkpoint_format import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_config
+from adamix_deploy.contracts.errors import CheckpointError
 from adamix_deploy.mixture import set_routing
 from adamix_deploy.train import train
 
@@ -40,9 +41,9 @@ def test_checkpoint_round_trip_is_bit_exact(tiny_bert, sentiment_files, tmp_path
     loaded = {n: p for n, p in ckpt.model.named_parameters() if p.requires_grad}
     assert set(loaded) == set(saved)
     assert all(torch.equal(loaded[n], saved[n]) for n in saved)
-    config = read_config(tmp_path / "ckpt")
-    assert config["format_version"] == 1 and config["labels"] == ["0", "1"]
-    assert config["mixture"]["experts"] == 3 and config["training"]["complete"] is True
+    assert json.loads((tmp_path / "ckpt" / CONFIG_NAME).read_text())["format_version"] == 1
+    config = read_checkpoint_config(tmp_path / "ckpt")
+    assert config.labels == ["0", "1"] and config.mixture["experts"] == 3 and config.training["complete"] is True
     # same outputs after a second load: nothing random at load time
     again = load_checkpoint(tmp_path / "ckpt")
     batch = ckpt.tokenizer(["the film was good"], return_tensors="pt")
@@ -71,7 +72,7 @@ def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(tiny_bert,
     straight = train(options(tiny_bert, sentiment_files, tmp_path / "a"))
     partial = train(options(tiny_bert, sentiment_files, tmp_path / "b", stop_after=4))
     assert partial == {"output": str(tmp_path / "b"), "complete": False, "step": 4, "total_steps": 12}
-    assert read_config(tmp_path / "b")["training"]["complete"] is False
+    assert read_checkpoint_config(tmp_path / "b").training["complete"] is False
     resumed = train(options(tiny_bert, sentiment_files, tmp_path / "b"), resume=True)
     assert resumed["steps"] == straight["steps"] == 12
     a, b = load_file(tmp_path / "a" / WEIGHTS_NAME), load_file(tmp_path / "b" / WEIGHTS_NAME)
@@ -81,13 +82,13 @@ def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(tiny_bert,
 
 def test_unknown_or_broken_checkpoints_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint folder"):
-        read_config(tmp_path / "missing")
+        read_checkpoint_config(tmp_path / "missing")
     (tmp_path / "x").mkdir()
     with pytest.raises(CheckpointError, match="not a mixture checkpoint"):
-        read_config(tmp_path / "x")
+        read_checkpoint_config(tmp_path / "x")
     (tmp_path / "x" / CONFIG_NAME).write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(CheckpointError, match="unknown checkpoint format"):
-        read_config(tmp_path / "x")
+        read_checkpoint_config(tmp_path / "x")
 
 
 def test_shape_mismatch_is_refused(tiny_bert, sentiment_files, tmp_path):

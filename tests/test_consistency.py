@@ -72,7 +72,7 @@ def _bert_without_dropout(tiny_bert, folder, experts):
     (folder / "config.json").write_text(json.dumps(config))
     tokenizer = load_tokenizer(folder)
     spec = MixtureSpec("adapter", experts=experts)
-    model, _ = build_mixture_model(folder, "classification", ["0", "1"], spec, tokenizer)
+    model, _, _ = build_mixture_model(folder, "classification", ["0", "1"], spec, tokenizer)
     with torch.no_grad():  # move the zero-initialised up experts apart, as training does
         for name, p in model.named_parameters():
             if "up_" in name or name.startswith("classifier."):

@@ -7,6 +7,7 @@ import json
 import pytest
 from conftest import write_table
 
+from adamix_deploy.contracts.errors import DataError
 from adamix_deploy.data import (
     group_references,
     label_set,
@@ -15,7 +16,6 @@ from adamix_deploy.data import (
     read_rows,
     seeded_subset,
 )
-from adamix_deploy.errors import DataError
 
 
 def test_glue_style_tsv_keeps_quotes_and_detects_pairs(tmp_path):

@@ -1,4 +1,4 @@
-"""The deploy recipes in deploy/ (issue 11): the Dockerfile, the Kubernetes manifests and the KServe
+"""The deploy recipes in deploy/: the Dockerfile, the Kubernetes manifests and the KServe
 InferenceServices agree with each other and with the real `adamix-serve`.
 
 What can be checked without a cluster or a container build (no registry for base images here):

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 from test_cli import BIN, run
 
-from adamix_deploy.checkpoint import WEIGHTS_NAME, read_config
 from adamix_deploy.config import MixtureSpec
+from adamix_deploy.contracts.checkpoint_format import WEIGHTS_NAME, read_checkpoint_config
 from adamix_deploy.distributed import Distributed
 from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
 from adamix_deploy.objective import adamix_loss
@@ -71,7 +71,7 @@ def test_two_processes_match_one_with_the_same_global_batch(
     print(f"max weight difference, 1 vs 2 processes: {worst:.2e}")
     for k in one:
         torch.testing.assert_close(two[k], one[k], rtol=RTOL, atol=ATOL, msg=k)
-    a, b = read_config(tmp_path / "one")["training"], read_config(two_process_run)["training"]
+    a, b = read_checkpoint_config(tmp_path / "one").training, read_checkpoint_config(two_process_run).training
     assert a["step"] == b["step"] == 24 and a["complete"] and b["complete"]
     for x, y in zip(a["history"], b["history"], strict=True):  # the global loss, and rank 0's evaluation
         assert abs(x["train_loss"] - y["train_loss"]) < 1e-5
@@ -83,12 +83,12 @@ def test_resume_under_torchrun_equals_the_uninterrupted_run(
 ):
     output = tmp_path / "resumed"
     torchrun(*train_args(quiet_bert, sentiment_files, output, "--stop-after", "7"))
-    training = read_config(output)["training"]
+    training = read_checkpoint_config(output).training
     assert training["complete"] is False and training["step"] == 7
     torchrun("--output", output, "--resume", "--quiet")
     straight, resumed = weights(two_process_run), weights(output)
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)  # same processes: same sums, bit for bit
-    assert read_config(output)["training"]["complete"] is True
+    assert read_checkpoint_config(output).training["complete"] is True
     assert [p.name for p in output.parent.iterdir()] == ["resumed"]  # one writer: no temporary folder left
 
 
@@ -118,7 +118,7 @@ def test_every_trainable_parameter_gets_a_gradient_each_step(quiet_bert, method,
     torch.manual_seed(0)
     tokenizer = load_tokenizer(quiet_bert)
     spec = MixtureSpec(method, experts=4, share=share, bottleneck=4, rank=2)
-    model, _ = build_mixture_model(quiet_bert, "classification", ["0", "1"], spec, tokenizer, train_pooler=True)
+    model, _, _ = build_mixture_model(quiet_bert, "classification", ["0", "1"], spec, tokenizer, train_pooler=True)
     batch = dict(tokenizer(["the film was good", "bad plot"], padding=True, return_tensors="pt"))
     batch["labels"] = torch.tensor([1, 0])
     loss, _ = adamix_loss(model.train(), batch, "classification", consistency_weight=weight)

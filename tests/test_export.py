@@ -14,12 +14,11 @@ import torch
 from test_merge import _perturb
 from tokenizers import Tokenizer
 
-from adamix_deploy.checkpoint import save_checkpoint
+from adamix_deploy.checkpoint import checkpoint_config, save_checkpoint
 from adamix_deploy.config import MixtureSpec
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.exporters.pipeline import export_checkpoint
 from adamix_deploy.importers import detect_and_load
-from adamix_deploy.inject import count_parameters
 from adamix_deploy.mixture import set_routing
 from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
 from adamix_deploy.serving.engine.onnx_loops import classify_logits, greedy_generate, open_session
@@ -27,23 +26,16 @@ from adamix_deploy.serving.engine.onnx_loops import classify_logits, greedy_gene
 BIN = Path(sys.executable).parent
 
 
-def make_checkpoint(path, task, spec, folder, labels=("0", "1")):
+def make_checkpoint(path, task, spec, folder, labels=("0", "1"), train_pooler=False):
     """A mixture checkpoint with non-trivial weights (fresh up/B experts are zero and would hide bugs)."""
     tokenizer = load_tokenizer(path)
     labels = list(labels) if task == "classification" else None
-    model, head = build_mixture_model(path, task, labels, spec, tokenizer)
+    model, head, spec = build_mixture_model(path, task, labels, spec, tokenizer, train_pooler=train_pooler)
     torch.manual_seed(0)
     _perturb(model)
-    trainable, total = count_parameters(model)
-    config = {
-        "base_model": {"name": str(path), "path": str(path), "model_type": model.config.model_type,
-                       "architecture": type(model).__name__},
-        "task": task, "labels": labels, "max_length": 64,
-        "prompt_template": "{prompt}\n" if task == "generation" else None,
-        "mixture": spec.to_dict(), "head": head,
-        "parameters": {"trainable": trainable, "total": total, "trainable_share": trainable / total},
-        "training": {"complete": True},
-    }  # fmt: skip
+    config = checkpoint_config(model, str(path), path, task, labels, spec, head, max_length=64,
+                               prompt_template="{prompt}\n" if task == "generation" else None,
+                               training={"complete": True})  # fmt: skip
     save_checkpoint(folder, config, model, tokenizer)
     return folder
 
@@ -150,7 +142,7 @@ def test_peft_import_equals_peft_merge_and_unload(tiny_bert, tmp_path):
     peft_model.save_pretrained(tmp_path / "peft")
     reference = peft_model.merge_and_unload().eval()
     imported = detect_and_load(tmp_path / "peft")
-    assert imported.config["source_format"] == "peft-lora" and imported.config["labels"] == [
+    assert imported.config.source_format == "peft-lora" and imported.config.labels == [
         "LABEL_0",
         "LABEL_1",
         "LABEL_2",
@@ -185,7 +177,7 @@ def test_official_nlu_state_dict_import(tiny_bert, tmp_path):
             state[name] = p.detach().clone()
     torch.save(state, tmp_path / "adamix_nlu.bin")
     imported = detect_and_load(tmp_path / "adamix_nlu.bin", base_model=str(tiny_bert))
-    assert imported.config["mixture"]["experts"] == 4 and imported.config["mixture"]["share"] == "up"
+    assert imported.config.mixture["experts"] == 4 and imported.config.mixture["share"] == "up"
     ids = torch.tensor([[2, 15, 33, 7, 3]])
     for m in (ours.model, imported.model):
         set_routing(m, "average")

@@ -14,8 +14,8 @@ from http_helpers import PROMPTS, TEXTS, reference_scores
 from test_export import make_checkpoint
 
 from adamix_deploy.config import MixtureSpec
+from adamix_deploy.contracts.export_folder import ADAPTER_FILE, ADAPTERS_FOLDER
 from adamix_deploy.exporters.adapter_export import export_adapter, write_adapter_file
-from adamix_deploy.exporters.export_folder import ADAPTER_FILE, ADAPTERS_FOLDER
 from adamix_deploy.exporters.pipeline import export_checkpoint
 from adamix_deploy.testing.processes import ServerProcess
 

@@ -18,17 +18,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 SERVER_STACK = ("fastapi", "uvicorn", "starlette")
 TRAINING_STACK = ("torch", "transformers", "optimum")
-# The adamix_deploy modules that serving may load: the shared base (errors, the command wrapper, atomic folder
-# writes), the typed export-folder format, and itself. Training (train, inject, mixture*, adapter, lora, merge,
-# checkpoint, importers, config...), the rest of the exporters, the demo and the quickstart are other stages.
-# The export-folder format is the one module of another stage left here, until it moves into a bottom package.
-SERVING_MAY_IMPORT = (
-    "adamix_deploy",
-    "adamix_deploy.errors",
-    "adamix_deploy.command",
-    "adamix_deploy.atomic",
+# The layers, bottom to top: the contracts (tasks, checkpoint and export-folder formats, errors, the command
+# wrapper, atomic writes); training (adamix_deploy's own modules); the exporters; the server (its engine, then
+# its HTTP layer); the demo. Every stage may load the package root (lazy, torch-free) and the contracts; the
+# exporters may also load the training stage and the server's engine (parity runs what serves). Nothing else.
+LATER_STAGES = (
     "adamix_deploy.exporters",
-    "adamix_deploy.exporters.export_folder",
+    "adamix_deploy.serving",
+    "adamix_deploy.demo",
+    "adamix_deploy.quickstart",
 )
 # serving's HTTP layer: the app and every API's routes, and the Ray Serve deployment built on them. The exporter
 # may use the server's engine (its parity check runs the engine's ONNX loops), never these.
@@ -41,6 +39,17 @@ DEMO_CLIENT_MODULES = (
     "adamix_deploy.demo.app",
     "adamix_deploy.serving.http.api_keys",
 )
+
+
+def shared() -> tuple[str, ...]:
+    """What every stage may load of adamix_deploy besides itself: the package root and the contracts."""
+    return ("adamix_deploy", "adamix_deploy.contracts", *submodules("adamix_deploy.contracts"))
+
+
+def training_modules() -> list[str]:
+    """The training stage: adamix_deploy's own modules (the other stages install as its subpackages)."""
+    others = (*LATER_STAGES, "adamix_deploy.contracts", "adamix_deploy.testing")
+    return [m for m in submodules("adamix_deploy") if not any(matches(m, o) for o in others)]
 
 
 def submodules(package: str) -> list[str]:
@@ -127,6 +136,17 @@ def test_the_base_package_imports_no_stage_and_no_heavy_library(outside):
     check(["adamix_deploy"], forbidden, outside)
 
 
+@pytest.mark.parametrize("module", submodules("adamix_deploy.contracts"))
+def test_the_contracts_import_no_stage_and_no_heavy_library(module, outside):
+    forbidden = (*TRAINING_STACK, "onnxruntime", "numpy", *SERVER_STACK, "gradio")
+    check([module], forbidden, outside, allowed_adamix=shared())
+
+
+def test_training_imports_no_later_stage(outside):
+    """One interpreter loads every training module: none of them loads an exporter, the server or the demo."""
+    check(training_modules(), (*LATER_STAGES, *SERVER_STACK, "gradio", "onnxruntime"), outside)
+
+
 @pytest.mark.parametrize("module", submodules("adamix_deploy.exporters"))
 def test_exporters_never_import_the_http_server(module, outside):
     check([module], (*SERVING_HTTP_LAYER, *SERVER_STACK, "gradio"), outside)
@@ -156,7 +176,7 @@ def needs_ray(module: str):
 
 @pytest.mark.parametrize("module", [needs_ray(m) for m in submodules("adamix_deploy.serving")])
 def test_serving_imports_neither_torch_nor_training_code(module, outside):
-    allowed = (*SERVING_MAY_IMPORT, "adamix_deploy.serving", *submodules("adamix_deploy.serving"))
+    allowed = (*shared(), "adamix_deploy.serving", *submodules("adamix_deploy.serving"))
     check([module], TRAINING_STACK, outside, allowed_adamix=allowed)
 
 
@@ -170,7 +190,7 @@ def test_plain_serving_never_imports_ray(module, outside):
 def test_the_ray_deployment_runs_the_usual_app_without_torch(outside):
     if importlib.util.find_spec("ray") is None:
         pytest.skip("ray is not installed (extra [ray])")
-    allowed = (*SERVING_MAY_IMPORT, "adamix_deploy.serving", *submodules("adamix_deploy.serving"))
+    allowed = (*shared(), "adamix_deploy.serving", *submodules("adamix_deploy.serving"))
     check(list(SERVING_RAY_MODULES), (*TRAINING_STACK, "gradio"), outside, allowed_adamix=allowed)
 
 
@@ -188,16 +208,11 @@ def test_the_demo_page_knows_the_server_only_by_its_result_types(outside):
     # Gradio is built on FastAPI, so the page imports fastapi through gradio; what it must never import is the
     # server itself (its app, runtime, sessions): it reaches models through a backend.
     allowed = (
-        "adamix_deploy", "adamix_deploy.errors", "adamix_deploy.demo", "adamix_deploy.demo.app",
+        *shared(), "adamix_deploy.demo", "adamix_deploy.demo.app",
         "adamix_deploy.demo.backend", "adamix_deploy.demo.formatting", "adamix_deploy.serving",
         "adamix_deploy.serving.engine", "adamix_deploy.serving.engine.results",
     )  # fmt: skip
     check(["adamix_deploy.demo.app"], ("onnxruntime", "torch"), outside, allowed_adamix=allowed)
-
-
-def test_the_export_folder_format_stands_alone(outside):
-    allowed = ("adamix_deploy", "adamix_deploy.errors", "adamix_deploy.exporters")
-    check(["adamix_deploy.exporters.export_folder"], ("torch", "onnxruntime"), outside, allowed_adamix=allowed)
 
 
 @pytest.mark.parametrize("module", ["adamix_deploy.testing", *submodules("adamix_deploy.testing")])

@@ -8,7 +8,7 @@ from transformers import OPTConfig, OPTForCausalLM
 
 from adamix_deploy.adapter import LinearWithAdapter
 from adamix_deploy.config import MixtureSpec
-from adamix_deploy.errors import ModelError
+from adamix_deploy.contracts.errors import ModelError
 from adamix_deploy.inject import inject_mixture
 from adamix_deploy.lora import MixtureLoRALinear
 from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
@@ -16,7 +16,7 @@ from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
 
 def build(path, task, spec):
     labels = ["0", "1"] if task == "classification" else None
-    model, head = build_mixture_model(path, task, labels, spec, load_tokenizer(path))
+    model, head, _ = build_mixture_model(path, task, labels, spec, load_tokenizer(path))
     return model, head
 
 
@@ -81,8 +81,10 @@ def test_unknown_family_needs_targets(tmp_path):
     )
     with pytest.raises(ModelError, match="unknown model family 'opt': pass --targets"):
         inject_mixture(model, MixtureSpec("lora", experts=2))
-    names = inject_mixture(model, MixtureSpec("lora", experts=2, targets=["q_proj"]))
-    assert names == ["model.decoder.layers.0.self_attn.q_proj"]
+    spec = MixtureSpec("lora", experts=2, targets=["q_proj"])
+    injected = inject_mixture(model, spec)
+    assert injected.modules == ["model.decoder.layers.0.self_attn.q_proj"]
+    assert spec.modules == []  # the spec given is left as it was
 
 
 def test_targets_matching_nothing_is_an_error(tiny_bert):

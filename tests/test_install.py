@@ -120,7 +120,7 @@ def test_the_serve_install_has_no_training_stack_and_the_mapped_packages(serve_v
         shown = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "show", name], capture_output=True)
         assert shown.returncode != 0, f"{name} is installed in the [serve] venv"
     code = (
-        "import importlib.util, json, adamix_deploy.serving, adamix_deploy.exporters.export_folder\n"
+        "import importlib.util, json, adamix_deploy.serving, adamix_deploy.contracts.export_folder\n"
         "from importlib.resources import files\n"
         f"print(json.dumps({{'found': [n for n in {NOT_IN_SERVE!r} if importlib.util.find_spec(n)],\n"
         "  'serving': adamix_deploy.serving.__file__,\n"

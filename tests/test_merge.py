@@ -11,7 +11,7 @@ from transformers.pytorch_utils import Conv1D
 
 from adamix_deploy.adapter import LinearWithAdapter, MixtureAdapter
 from adamix_deploy.config import MixtureSpec
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.lora import MixtureLoRALinear
 from adamix_deploy.merge import (
     BottleneckAdapter,
@@ -93,7 +93,9 @@ def _perturb(model):
 def test_merged_model_matches_mixture_in_average_mode(request, fixture, task, spec):
     path = request.getfixturevalue(fixture)
     tokenizer = load_tokenizer(path)
-    model, _ = build_mixture_model(path, task, ["0", "1"] if task == "classification" else None, spec, tokenizer)
+    model, _, _ = build_mixture_model(
+        path, task, ["0", "1"] if task == "classification" else None, spec, tokenizer
+    )
     model = _perturb(model).eval()
     set_routing(model, "average")
     merged = merge_mixture_model(model, "average")
@@ -107,7 +109,7 @@ def test_merged_model_matches_mixture_in_average_mode(request, fixture, task, sp
 
 def test_merged_lora_model_loads_with_plain_transformers(tiny_gpt2, tmp_path):
     tokenizer = load_tokenizer(tiny_gpt2)
-    model, _ = build_mixture_model(
+    model, _, _ = build_mixture_model(
         tiny_gpt2, "generation", None, MixtureSpec("lora", experts=2, rank=2), tokenizer
     )
     merged = merge_mixture_model(_perturb(model).eval())

@@ -9,7 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from adamix_deploy import MixtureAdapter, MixtureLoRALinear, Routing, set_routing
 from adamix_deploy.config import MixtureSpec
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 
 
 def randomised(module: nn.Module, seed: int = 0) -> nn.Module:

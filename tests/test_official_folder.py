@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from test_export import make_checkpoint, run
 
 from adamix_deploy.config import MixtureSpec
-from adamix_deploy.errors import CheckpointError
-from adamix_deploy.exporters.export_folder import MANIFEST_NAME, MERGED_FOLDER
+from adamix_deploy.contracts.errors import CheckpointError
+from adamix_deploy.contracts.export_folder import MANIFEST_NAME, MERGED_FOLDER
 from adamix_deploy.importers import detect_and_load
 from adamix_deploy.merge import merge_mixture_model
 
@@ -56,8 +56,8 @@ def test_folder_loads_as_its_one_file(release, tiny_bert):
     from_file = detect_and_load(release / RELEASE_FILE, base_model=str(tiny_bert))
     from_folder = detect_and_load(release, base_model=str(tiny_bert))
     assert from_folder.config == from_file.config
-    assert from_folder.config["source_format"] == "official-adamix-nlu"
-    assert from_folder.config["source_files"] == [RELEASE_FILE]
+    assert from_folder.config.source_format == "official-adamix-nlu"
+    assert from_folder.config.source_files == [RELEASE_FILE]
     assert from_folder.folder == from_file.folder == release
     a, b = merged_state(from_file), merged_state(from_folder)
     assert a.keys() == b.keys()
@@ -72,7 +72,7 @@ def test_other_suffixes_are_found_too(release, tiny_bert, tmp_path, suffix):
     (folder / f"pytorch_model{suffix}").write_bytes((release / RELEASE_FILE).read_bytes())
     (folder / "model.bin").write_bytes(b"not a pytorch_model* file: ignored")
     ckpt = detect_and_load(folder, base_model=str(tiny_bert))
-    assert ckpt.config["source_files"] == [f"pytorch_model{suffix}"]
+    assert ckpt.config.source_files == [f"pytorch_model{suffix}"]
 
 
 def test_several_candidates_name_them_all_in_one_line(release, tmp_path):

@@ -13,14 +13,15 @@ import torch
 from test_export import BIN, make_checkpoint, run
 
 from adamix_deploy.config import MixtureSpec
-from adamix_deploy.exporters.adapter_export import export_adapter
-from adamix_deploy.exporters.export_folder import (
+from adamix_deploy.contracts.checkpoint_format import read_checkpoint_config
+from adamix_deploy.contracts.export_folder import (
     ADAPTER_FILE,
     ADAPTERS_FOLDER,
     read_adapter_manifest,
     read_manifest,
     sha256_file,
 )
+from adamix_deploy.exporters.adapter_export import export_adapter
 from adamix_deploy.exporters.pipeline import export_checkpoint
 from adamix_deploy.merge import merged_lora_delta, merged_lora_factors
 from adamix_deploy.serving.engine.onnx_loops import ActiveAdapter, classify_logits, greedy_generate, open_session
@@ -298,30 +299,9 @@ def _default_recipe_checkpoint(model_path, folder, spec=None, labels=("negative"
     """A checkpoint as `adamix-train --method lora` writes it with its default recipe (nlu-lora: 4 experts, B
     shared, r 8, alpha 16, official init, and ``train_pooler``: the pooler's dense layer trains with the head),
     with non-trivial weights (the pooler's included)."""
-    from test_merge import _perturb
-
-    from adamix_deploy.checkpoint import save_checkpoint
-    from adamix_deploy.inject import count_parameters
-    from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
-
     spec = spec or MixtureSpec("lora", experts=4, share="up", rank=8, alpha=16.0, init="official")
-    tokenizer = load_tokenizer(model_path)
-    torch.manual_seed(1)
-    model, head = build_mixture_model(
-        model_path, "classification", list(labels), spec, tokenizer, train_pooler=True
-    )
-    assert "bert.pooler.dense.bias" in head
-    _perturb(model)
-    trainable, total = count_parameters(model)
-    config = {
-        "base_model": {"name": str(model_path), "path": str(model_path), "model_type": model.config.model_type,
-                       "architecture": type(model).__name__},
-        "task": "classification", "labels": list(labels), "max_length": 64, "prompt_template": None,
-        "mixture": spec.to_dict(), "head": head,
-        "parameters": {"trainable": trainable, "total": total, "trainable_share": trainable / total},
-        "training": {"complete": True},
-    }  # fmt: skip
-    save_checkpoint(folder, config, model, tokenizer)
+    make_checkpoint(model_path, "classification", spec, folder, labels, train_pooler=True)
+    assert "bert.pooler.dense.bias" in read_checkpoint_config(folder).head
     return folder
 
 

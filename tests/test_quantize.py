@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from test_export import make_checkpoint, run
 
 from adamix_deploy.config import MixtureSpec
-from adamix_deploy.exporters.export_folder import read_manifest
+from adamix_deploy.contracts.export_folder import read_manifest
 from adamix_deploy.exporters.parity import DecoderStage, generation_parity, reduced_precision_warnings
 from adamix_deploy.exporters.pipeline import export_checkpoint
 from adamix_deploy.exporters.tied_weights import share_tied_lm_head

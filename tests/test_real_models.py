@@ -48,7 +48,7 @@ def test_minilm_adamix_adapter_on_sst2(tmp_path):
     assert summary["steps"] == 4 and summary["eval"]["examples"] == 64
     assert 0.005 < summary["trainable_share"] < 0.02  # 4 adapters x 6 layers + head over 22.7M parameters
     ckpt = load_checkpoint(tmp_path / "sst2")
-    assert ckpt.config["base_model"]["name"] == "minilm" and ckpt.config["labels"] == ["0", "1"]
+    assert ckpt.config.base_model.name == "minilm" and ckpt.config.labels == ["0", "1"]
     batch = ckpt.tokenizer(["a gripping, funny film"], return_tensors="pt")
     set_routing(ckpt.model, "average")
     assert ckpt.model(**batch).logits.shape == (1, 2)
@@ -72,7 +72,7 @@ def test_minilm_lora_on_rte_pairs(tmp_path):
     )
     summary = train(options)
     assert summary["metric"]["name"] == "accuracy"
-    assert load_checkpoint(tmp_path / "rte").config["labels"] == ["entailment", "not_entailment"]
+    assert load_checkpoint(tmp_path / "rte").config.labels == ["entailment", "not_entailment"]
 
 
 def test_smollm2_tokenizer_is_repaired():
@@ -110,8 +110,8 @@ def test_smollm2_adamix_lora_on_e2e(tmp_path):
     assert summary["steps"] == 2 and summary["generation"]["inputs"] == 2
     assert summary["eval"]["loss"] > 0
     ckpt = load_checkpoint(tmp_path / "e2e")
-    assert ckpt.config["base_model"]["model_type"] == "llama"
-    assert all("q_proj" in m or "v_proj" in m for m in ckpt.config["mixture"]["modules"])
+    assert ckpt.config.base_model.model_type == "llama"
+    assert all("q_proj" in m or "v_proj" in m for m in ckpt.config.mixture["modules"])
 
 
 def test_quickstart_reduced_trains_both_demo_mixtures_and_reuses_them(tmp_path):

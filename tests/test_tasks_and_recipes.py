@@ -13,8 +13,8 @@ from conftest import POSITIVE, SHARED_DATA, sentiment_rows, write_table
 from test_cli import run
 
 from adamix_deploy.config import RECIPES
+from adamix_deploy.contracts.errors import DataError
 from adamix_deploy.data import read_classification
-from adamix_deploy.errors import DataError
 from adamix_deploy.testing.processes import ServerProcess
 
 
@@ -227,7 +227,7 @@ def test_plain_train_options_equal_the_cli_without_a_recipe(monkeypatch):
 
 def test_train_options_refuses_what_is_not_an_option():
     from adamix_deploy.config import train_options
-    from adamix_deploy.errors import AdamixError
+    from adamix_deploy.contracts.errors import AdamixError
 
     with pytest.raises(AdamixError, match="unknown training option 'lora_alpha'"):
         train_options(**FILES, task="classification", lora_alpha=8.0)

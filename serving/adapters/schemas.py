@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from adamix_deploy.exporters.export_folder import ADAPTER_NAME_PATTERN
+from adamix_deploy.contracts.export_folder import ADAPTER_NAME_PATTERN
 from adamix_deploy.serving.http.schemas import Strict
 
 

@@ -19,14 +19,13 @@ from pathlib import Path
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from adamix_deploy.errors import AdamixError
-from adamix_deploy.exporters.export_folder import (
+from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.export_folder import (
     ADAPTER_FILE,
     ADAPTERS_FOLDER,
     CHAT_TEMPLATE_FILE,
     GENERATION_CONFIG_FILE,
     MODEL_CONFIG_FILE,
-    SEQUENCE_TASKS,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     ExportFolderError,
@@ -36,6 +35,7 @@ from adamix_deploy.exporters.export_folder import (
     read_json_object,
     read_manifest,
 )
+from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
 from adamix_deploy.serving.engine.onnx_loops import ActiveAdapter, classify_logits, greedy_generate, open_session
 from adamix_deploy.serving.engine.text import encode_for_classification, pad_batch
 

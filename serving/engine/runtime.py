@@ -12,7 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from adamix_deploy.exporters.export_folder import SEQUENCE_TASKS
+from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
 from adamix_deploy.serving.engine.batching import Batcher, BatcherFactory, ClassificationBatcher
 from adamix_deploy.serving.engine.generation import GenerationEngine, GenerationJob, QueueFull
 from adamix_deploy.serving.engine.model_folder import ServedModel

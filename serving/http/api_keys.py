@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 
 
 class APIKeyFileError(AdamixError):

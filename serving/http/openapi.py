@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from adamix_deploy.exporters.export_folder import SEQUENCE_TASKS
+from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
 from adamix_deploy.serving.engine.runtime import ModelRuntime, ServerSettings
 from adamix_deploy.serving.http import schemas as s
 

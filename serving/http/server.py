@@ -11,8 +11,8 @@ import logging
 
 import uvicorn
 
-from adamix_deploy.errors import AdamixError
-from adamix_deploy.exporters.export_folder import PRECISIONS
+from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.export_folder import PRECISIONS
 from adamix_deploy.serving.engine.model_folder import ModelFolderError, read_adapter_folders, read_model_folder
 from adamix_deploy.serving.engine.runtime import ServerSettings
 from adamix_deploy.serving.http.app import create_app

@@ -22,7 +22,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from adamix_deploy.exporters.export_folder import SEQUENCE_TASKS
+from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
 from adamix_deploy.serving.engine.results import Classification
 from adamix_deploy.serving.engine.runtime import ModelRuntime
 from adamix_deploy.serving.errors import ServeError

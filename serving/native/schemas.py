@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from adamix_deploy.exporters.export_folder import TASKS
+from adamix_deploy.contracts.tasks import TASKS
 from adamix_deploy.serving.http.schemas import Seed, Stop, Strict, Usage
 
 TextPair = Annotated[list[str], Field(min_length=2, max_length=2)]

@@ -7,7 +7,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.serving.engine.runtime import ServerSettings
 
 APP_NAME = "adamix"  # the Serve application; its replicas' processes are named ray::ServeReplica:adamix:...

@@ -7,8 +7,8 @@ import json
 
 import click
 
-from adamix_deploy.command import run_one_line_errors
-from adamix_deploy.exporters.export_folder import PRECISIONS
+from adamix_deploy.contracts.command import run_one_line_errors
+from adamix_deploy.contracts.export_folder import PRECISIONS
 from adamix_deploy.serving.triton.repository import KINDS, LAYOUTS, BatchingOptions, write_repository
 
 

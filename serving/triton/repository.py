@@ -63,9 +63,10 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from adamix_deploy.atomic import atomic_directory
-from adamix_deploy.errors import AdamixError
-from adamix_deploy.exporters.export_folder import SEQUENCE_TASKS, TOKENIZER_FILE, read_manifest
+from adamix_deploy.contracts.atomic import atomic_directory
+from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.export_folder import TOKENIZER_FILE, read_manifest
+from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
 
 LAYOUTS = ("ensemble", "python")
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}

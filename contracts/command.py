@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import click
 
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")

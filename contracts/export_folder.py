@@ -28,13 +28,12 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-from adamix_deploy.errors import AdamixError
+from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.tasks import TASKS
 
 MANIFEST_NAME = "adamix_manifest.json"
 FORMAT = "adamix-export"
 FORMAT_VERSION = 1
-TASKS = ("classification", "regression", "generation")
-SEQUENCE_TASKS = ("classification", "regression")  # one forward pass over an input text (or pair)
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
 QUANTIZED_PRECISIONS = ("int8", "int4")  # what --quantize writes (fp16 is --fp16)
 ONNX_FILES = {
@@ -57,8 +56,6 @@ ADAPTER_FORMAT = "adamix-onnx-adapter"
 ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # A new adapter base's LoRA inputs: the family's default LoRA layers, or every linear layer of the body
 ADAPTER_LORA_LAYERS = ("default", "all")
-# How a generation model's input is laid out when a checkpoint names no template: the record, then a newline.
-DEFAULT_PROMPT_TEMPLATE = "{prompt}\n"
 
 
 class ExportFolderError(AdamixError):
