@@ -10,7 +10,6 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import SHARED_DATA
 
 from adamix_deploy.checkpoint import load_checkpoint
 from adamix_deploy.config import MixtureSpec, TrainOptions
@@ -18,7 +17,11 @@ from adamix_deploy.mixture import set_routing
 from adamix_deploy.packaged_models import resolve_model
 from adamix_deploy.train import train
 
-pytestmark = pytest.mark.slow
+from helpers import SHARED_DATA
+
+# Minutes of training, export and generation on the real models: out of the fast loop (``-m "not integration"``)
+# like the tests that start a process, though only the quickstart test below starts one.
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def needs(package: str) -> None:
