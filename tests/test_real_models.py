@@ -123,13 +123,13 @@ def test_quickstart_reduced_trains_both_demo_mixtures_and_reuses_them(tmp_path):
     import json
     import os
     import subprocess
-    import sys
-    from pathlib import Path
 
-    from adamix_deploy.testing.processes import free_port
+    from adamix_deploy.testing.processes import BIN, free_port
 
+    # its own subprocess call, not helpers.cli.run: the quickstart trains with the machine's threads, and
+    # helpers.cli.run pins OMP_NUM_THREADS=1
     command = [
-        str(Path(sys.executable).parent / "adamix-quickstart"),
+        str(BIN / "adamix-quickstart"),
         "--workdir",
         str(tmp_path),
         "--scale",
