@@ -26,8 +26,8 @@ Under torchrun, with W processes (gloo on CPU, NCCL on GPU, one GPU per process:
 - The consistency loss's two passes run inside ONE call of the DDP module (``_Objective``): DDP sees one
   forward and one backward per step, and each parameter's gradient sums both passes before DDP reduces it.
 - ``find_unused_parameters`` stays False: each side's experts are slices of one stacked parameter, so every
-  trainable parameter gets a gradient every step (zero in the slices not picked); tests/test_distributed.py
-  checks it.
+  trainable parameter gets a gradient every step (zero in the slices not picked);
+  tests/training/test_distributed.py checks it.
 - Rank 0 evaluates and writes the checkpoint (atomically, as one process does); the others wait. Evaluation
   may draw routes (``--eval-routing random``): rank 0's routing state is then sent to all, so the next epoch
   routes as one process would. What is saved (weights, optimizer, scheduler, routing RNG) is the same on every

@@ -2,7 +2,7 @@
 
 safetensors holds only flat tensors, so the state is split into tensors (``training_state.safetensors``) and a
 JSON skeleton (``training_state.json``); `restore_training_state` puts them back together. A resumed run ends
-with the same weights as an uninterrupted one (tests/test_checkpoint.py).
+with the same weights as an uninterrupted one (tests/training/test_checkpoint.py).
 """
 
 from __future__ import annotations

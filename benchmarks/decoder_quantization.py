@@ -15,8 +15,8 @@ JSON + PNG.
   seeded (MR, reference) pairs of `e2e/devset.csv` for one epoch, lr LR. One merged model, three files.
 - Parity (in the export): the 8 built-in prompts x 32 greedy steps (`adamix-export --parity-prompts 8 --greedy-steps 32`).
 - Quality: greedy decoding (the numpy KV-cache loop `serving.engine.onnx_loops.greedy_generate`, which the
-  server's engine equals token for token: tests/test_generation_engine.py) of the first TEST_MRS distinct MRs of
-  `e2e/testset_w_refs.csv`, at most MAX_NEW_TOKENS tokens; corpus BLEU against all references of each MR
+  server's engine equals token for token: tests/serving/engine/test_generation_engine.py) of the first TEST_MRS
+  distinct MRs of `e2e/testset_w_refs.csv`, at most MAX_NEW_TOKENS tokens; corpus BLEU against all references of each MR
   (sacrebleu) and best-reference ROUGE-L F1. Differences to fp32 carry a paired bootstrap 95 % interval over
   the MRs (BOOTSTRAP resamples).
 - Served: `adamix-serve --precision P` on the same export, SERVED_PROMPTS test MRs of at most SPEED_TOKENS new

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # README command 2: install, then run the whole test suite (unit tests on tiny models, and the slow tests
 # on the packaged MiniLM / SmolLM2 with ../shared/data, which skip with a reason when that folder is absent).
+# CI runs it without arguments: every test, the integration ones included (`pytest -m "not integration"` is the
+# fast loop: CONTRIBUTING.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -2,7 +2,8 @@
 from the ``nvidia-pytriton`` wheel, installed (no dependencies: it pins numpy<2) under the repository's
 tests/artifacts/triton/ (or $ADAMIX_TRITON_HOME) with the Python models' execution environment (a venv with
 numpy<2, tokenizers, onnxruntime) beside it, built once and cached between runs. Nothing of it goes into the
-project's .venv. Used by tests/test_triton.py and the scale-out benchmark (benchmarks/scale_out.py)."""
+project's .venv. Used by tests/serving/triton/test_triton.py and the scale-out benchmark
+(benchmarks/scale_out.py)."""
 
 from __future__ import annotations
 

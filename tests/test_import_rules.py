@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from helpers import REPO
+
+pytestmark = pytest.mark.integration
 
 SERVER_STACK = ("fastapi", "uvicorn", "starlette")
 TRAINING_STACK = ("torch", "transformers", "optimum")

@@ -10,7 +10,6 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import SHARED_DATA
 
 from adamix_deploy.checkpoint import load_checkpoint
 from adamix_deploy.config import MixtureSpec, TrainOptions
@@ -18,7 +17,11 @@ from adamix_deploy.mixture import set_routing
 from adamix_deploy.packaged_models import resolve_model
 from adamix_deploy.train import train
 
-pytestmark = pytest.mark.slow
+from helpers import SHARED_DATA
+
+# Minutes of training, export and generation on the real models: out of the fast loop (``-m "not integration"``)
+# like the tests that start a process, though only the quickstart test below starts one.
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 
 def needs(package: str) -> None:
@@ -120,13 +123,13 @@ def test_quickstart_reduced_trains_both_demo_mixtures_and_reuses_them(tmp_path):
     import json
     import os
     import subprocess
-    import sys
-    from pathlib import Path
 
-    from adamix_deploy.testing.processes import free_port
+    from adamix_deploy.testing.processes import BIN, free_port
 
+    # its own subprocess call, not helpers.cli.run: the quickstart trains with the machine's threads, and
+    # helpers.cli.run pins OMP_NUM_THREADS=1
     command = [
-        str(Path(sys.executable).parent / "adamix-quickstart"),
+        str(BIN / "adamix-quickstart"),
         "--workdir",
         str(tmp_path),
         "--scale",

@@ -38,7 +38,7 @@ numpy 2 they mis-read BYTES tensors ("Stub process is not healthy"). The documen
 Python model its own environment is the ``EXECUTION_ENV_PATH`` parameter (python_backend README, "Creating
 Custom Execution Environments"): a conda-pack archive, or an unpacked environment folder with ``bin/activate``.
 ``--python-env PATH`` writes it into every Python model's config.pbtxt. A plain venv works as the unpacked form
-(tests/test_triton.py builds one)::
+(tests/serving/triton/test_triton.py builds one)::
 
     python3.11 -m venv --without-pip ENV     # the stub's Python version
     pip install --target ENV/lib/python3.11/site-packages "numpy<2" tokenizers onnxruntime
