@@ -151,16 +151,15 @@ def breakdown_main(folder: str, count: int) -> dict:
     return uvloop.run(run())
 
 
+async def _never_disconnects() -> dict:
+    await asyncio.sleep(3600)
+    return {"type": "http.disconnect"}
+
+
 async def _asgi_post(app, path: str, body: bytes) -> int:
-    sent = False
+    from adamix_deploy.serving.http.middleware import replay_body
 
-    async def receive():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await asyncio.sleep(3600)
-
+    receive = replay_body(body, _never_disconnects)
     status = {}
 
     async def send(message):

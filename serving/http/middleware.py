@@ -76,7 +76,7 @@ class BodyLimitAndMetrics:
                     await _drain(receive)
                 await send_and_record({"type": "http.response.body", "body": b"", "more_body": False})
             else:
-                await self.app(scope, _replay(body, receive), send_and_record)
+                await self.app(scope, replay_body(body, receive), send_and_record)
         finally:
             self.metrics.in_flight.dec()
             route = scope.get("route")
@@ -125,7 +125,8 @@ async def _drain(receive) -> None:
             return
 
 
-def _replay(body: bytes, receive):
+def replay_body(body: bytes, receive):
+    """An ASGI ``receive`` that gives ``body`` whole once, then defers to ``receive``."""
     sent = False
 
     async def replayed():
