@@ -16,8 +16,8 @@ and PEFT both target by default, BERT/RoBERTa/Llama query and value, GPT-2 c_att
 of the model's body (``"all"``, `adaptable_layers`: for BERT also key, the attention output, intermediate and
 output dense layers; Llama o/gate/up/down; GPT-2 c_proj and c_fc). "default" takes "all" when the first
 checkpoint adapts a layer beyond the defaults. Every layer is not the default because each empty branch still
-costs passes over its layer's output (MiniLM-L6 on CPU, 36 layers against 12: 3-7 % slower at batch 1 and 8,
-`benchmarks/adapter_base_inputs.py`).
+costs passes over its layer's output (MiniLM-L6 on CPU, 36 layers against 12: +2.8 to +6.7 % latency at batch 1 and 8,
+`python -m benchmarks.adapter_base_inputs`).
 So a base made from a PEFT folder with LoRA on query/value takes a default-recipe checkpoint (query/value and a
 trained pooler), and the other way round. Only bottleneck positions come from the first checkpoint (a
 bottleneck-adapter mixture's, with their width). Whatever a checkpoint changes that its base takes no input for
