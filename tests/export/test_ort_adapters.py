@@ -160,6 +160,7 @@ def test_bad_adapter_exports_get_one_line_and_leave_the_base_alone(tiny_bert, ti
         (("--merge", ckpt, "--adapter-of", base, "--quantize", "int8"), "does not apply to --adapter-of"),
         (("--merge", ckpt, "--adapter-of", base, "--output", tmp_path / "x"), "either --output"),
         (("--merge", ckpt), "either --output"),
+        (("--merge", ckpt, "--output", tmp_path / "y", "--adapter-layers", "all"), "--adapter-layers goes with"),
     ]
     for args, message in cases:
         result = run("adamix-export", *args, check=False, debug=False)
