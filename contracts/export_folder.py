@@ -7,6 +7,9 @@ nowhere else; readers go through `read_manifest` and the typed `Manifest`, never
       model_int8.onnx        --quantize int8 (CPU: dynamic int8 for encoders, weight-only int8 for decoders)
       model_int4.onnx        --quantize int4 (CPU, decoders: weight-only int4)
       model_fp16.onnx        --fp16 (GPU)
+      model*.onnx.data       the weights of a graph written with external data (the model builder's)
+      genai_config.json      decoders built by onnxruntime-genai's model builder: its config for model.onnx,
+                             so the folder opens with onnxruntime_genai.Model(folder)
       config.json, tokenizer.json (+ tokenizer_config.json, generation_config.json, chat template)
       adamix_manifest.json   this module's `Manifest`
       merged/                merged PyTorch weights as a Hugging Face folder
@@ -47,6 +50,8 @@ TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 MODEL_CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
+GENAI_CONFIG_FILE = "genai_config.json"
+EXTERNAL_DATA_SUFFIX = ".data"  # model.onnx -> model.onnx.data
 MERGED_FOLDER = "merged"
 ADAPTERS_FOLDER = "adapters"
 ADAPTER_FILE = "adapter.onnx_adapter"
@@ -96,6 +101,23 @@ class OnnxInfo:
     fusions: dict[str, int] = field(default_factory=dict)
     with_past: bool = False  # generation graphs take and return the key/value cache
     quantization: dict[str, dict] = field(default_factory=dict)  # int8 / int4 -> the settings that wrote it
+    # precision -> `ToolRecord` as a dict: the tool and options that wrote that file (empty in older manifests)
+    tools: dict[str, dict] = field(default_factory=dict)
+    # builder decoders: {"config": genai_config.json, "model": its ONNX file, "tokenizer": the tokenizer check}
+    genai: dict | None = None
+
+    def tool(self, precision: str) -> ToolRecord | None:
+        record = self.tools.get(precision)
+        return ToolRecord(**record) if record else None
+
+
+@dataclass(frozen=True)
+class ToolRecord:
+    """What wrote one ONNX file: ``tool`` names it with its version ("onnxruntime-genai model builder 0.18.0",
+    "torch.onnx.export (torch 2.13.0)"), ``options`` are the ones it was given."""
+
+    tool: str
+    options: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from adamix_deploy.checkpoint import MixtureCheckpoint
@@ -25,11 +25,13 @@ from adamix_deploy.contracts.export_folder import (
     MixtureInfo,
     OnnxInfo,
     SourceInfo,
+    ToolRecord,
     sha256_folder,
     write_manifest,
 )
 from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
-from adamix_deploy.exporters.merged_folder import save_merged_folder
+from adamix_deploy.exporters import genai_builder
+from adamix_deploy.exporters.merged_folder import ADAPTERS_LAYOUT_NAME, save_merged_folder
 from adamix_deploy.exporters.onnx_export import export_onnx
 from adamix_deploy.exporters.optimize import convert_fp16, optimize_graph
 from adamix_deploy.exporters.parity import check_classification, check_generation, parity_inputs
@@ -77,22 +79,20 @@ def export_checkpoint(
     merged = merge_mixture_model(model, merge_method)
     samples = parity_inputs(task, verify_file, config, parity_prompts)
 
+    builder = task == "generation" and genai_builder.builds(merged)
+    if builder and fp16:
+        raise AdamixError(
+            f"--fp16 is not offered for {merged.config.architectures[0]} decoders: they are built by "
+            "onnxruntime-genai's model builder, whose fp16 graphs target GPUs; export fp32/int8/int4 for CPU"
+        )
+
     with atomic_directory(output) as tmp:
         save_merged_folder(merged, tokenizer, tmp / MERGED_FOLDER)
-        raw = tmp / ".raw"
-        raw_onnx = export_onnx(merged, tokenizer, task, raw, opset)
-        hf = merged.config
-        shape = (hf.model_type, hf.num_attention_heads, hf.hidden_size)
-        files = {"fp32": ONNX_FILES["fp32"]}
-        fusions = optimize_graph(raw_onnx, tmp / files["fp32"], *shape)
-        quantization = {}
-        for precision in dict.fromkeys(quantize):
-            files[precision] = ONNX_FILES[precision]
-            quantization[precision] = quantize_model(tmp / files["fp32"], tmp / files[precision], precision, task)
-        if fp16:
-            files["fp16"] = ONNX_FILES["fp16"]
-            convert_fp16(raw_onnx, tmp / files["fp16"], *shape)
-        keep_export_files(raw, tmp)
+        if builder:
+            files, fusions, quantization, tools = _builder_files(merged, tmp, quantize)
+            opset = genai_builder.graph_opset(tmp / files["fp32"])
+        else:
+            files, fusions, quantization, tools = _torch_files(merged, tokenizer, task, tmp, quantize, fp16, opset)
         stages = {f"onnx_{precision}": tmp / name for precision, name in files.items()}
         if task in SEQUENCE_TASKS:
             max_length = config.max_length
@@ -112,9 +112,66 @@ def export_checkpoint(
             fusions,
             with_past=task == "generation",
             quantization=quantization,
+            tools={precision: asdict(record) for precision, record in tools.items()},
+            genai=_genai_info(tmp, samples) if builder else None,
         )
         manifest = _manifest(ckpt, Path(source), merge_method, onnx, parity, started)
         return write_manifest(tmp, replace(manifest, validation=validation))
+
+
+def _torch_files(merged, tokenizer, task: str, tmp: Path, quantize: tuple[str, ...], fp16: bool, opset: int):
+    """ONNX from PyTorch (`onnx_export`), onnxruntime's fusions, then the reduced precisions (`quantize`):
+    encoders, GPT-2 and every decoder the model builder does not take. Returns files, fusions, quantisation
+    settings and tool records by precision."""
+    import torch
+
+    raw = tmp / ".raw"
+    raw_onnx = export_onnx(merged, tokenizer, task, raw, opset)
+    hf = merged.config
+    shape = (hf.model_type, hf.num_attention_heads, hf.hidden_size)
+    files = {"fp32": ONNX_FILES["fp32"]}
+    fusions = optimize_graph(raw_onnx, tmp / files["fp32"], *shape)
+    exporter = f"torch.onnx.export (torch {torch.__version__})"
+    tools = {"fp32": ToolRecord(exporter, {"opset": opset, "optimizer": "onnxruntime.transformers"})}
+    quantization = {}
+    for precision in dict.fromkeys(quantize):
+        files[precision] = ONNX_FILES[precision]
+        quantization[precision] = quantize_model(tmp / files["fp32"], tmp / files[precision], precision, task)
+        tools[precision] = ToolRecord(
+            f"onnxruntime.quantization ({onnxruntime_version()})", quantization[precision]
+        )
+    if fp16:
+        files["fp16"] = ONNX_FILES["fp16"]
+        convert_fp16(raw_onnx, tmp / files["fp16"], *shape)
+        tools["fp16"] = ToolRecord(exporter, {"opset": opset, "optimizer": "onnxruntime.transformers, float16"})
+    keep_export_files(raw, tmp)
+    return files, fusions, quantization, tools
+
+
+def _builder_files(merged, tmp: Path, quantize: tuple[str, ...]):
+    """fp32 and the requested int8/int4 graphs by onnxruntime-genai's model builder from the merged folder, with
+    the merged folder's config and tokenizer files beside them. Same returns as `_torch_files`."""
+    precisions = ["fp32", *dict.fromkeys(quantize)]
+    tied = bool(getattr(merged.config, "tie_word_embeddings", False))
+    tools = genai_builder.build_onnx(tmp / MERGED_FOLDER, tmp, precisions, tied)
+    files = {precision: ONNX_FILES[precision] for precision in precisions}
+    fusions = genai_builder.fused_op_counts([tmp / name for name in files.values()])
+    quantization = {
+        precision: genai_builder.weight_only_settings(tmp / files[precision], 8 if precision == "int8" else 4)
+        for precision in precisions[1:]
+    }
+    for item in (tmp / MERGED_FOLDER).iterdir():  # config, generation config, tokenizer, chat template
+        if item.suffix != ".safetensors" and item.name != ADAPTERS_LAYOUT_NAME:
+            shutil.copy2(item, tmp / item.name)
+    return files, fusions, quantization, tools
+
+
+def _genai_info(folder: Path, prompts: list[str]) -> dict:
+    return {
+        "config": genai_builder.GENAI_CONFIG_FILE,
+        "model": ONNX_FILES["fp32"],
+        "tokenizer": genai_builder.check_genai_tokenizer(folder, prompts),
+    }
 
 
 def onnxruntime_version() -> str:

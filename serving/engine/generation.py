@@ -3,12 +3,13 @@
 One engine thread per generation model, so a long generation never holds up classification (which runs on
 its own thread) nor the event loop. At every step the engine
   1. admits waiting jobs (up to ``max_batch`` rows): each prompt is prefilled alone, unpadded, and its cache is
-     merged into the running batch by left-padding the shorter caches (zeros, masked out);
-  2. runs one decode step for all rows, each row with its own position ids, sampling settings and random
-     generator, so a row's tokens do not depend on what else is in the batch;
+     merged into the running batch by padding the shorter caches with zeros (masked out);
+  2. runs one decode step for all rows, each row with its own cache length (hence mask and positions), sampling
+     settings and random generator, so a row's tokens do not depend on what else is in the batch;
   3. drops finished or cancelled rows from the cache and trims cache columns no remaining row uses.
-A model exported without ``attention_mask`` and ``position_ids`` inputs cannot be padded; it runs one job at
-a time.
+The side the padding goes (left for graphs exported from PyTorch, right for onnxruntime-genai builder graphs)
+is the graph's `CacheLayout`; nothing else here differs between them. A model whose graph cannot be told each
+row's length (no ``attention_mask``, or a left-padded one without ``position_ids``) runs one job at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from adamix_deploy.serving.engine.onnx_loops import empty_cache
+from adamix_deploy.serving.engine.cache_layout import CacheLayout
 from adamix_deploy.serving.engine.results import Failed, Finished, GenerationEvent, TextDelta
 from adamix_deploy.serving.engine.sampling import SamplingParams, next_token
 from adamix_deploy.serving.engine.text import IncrementalDecoder
@@ -53,7 +54,7 @@ class _Row:
         self.rng = np.random.default_rng(job.seed)
         self.generated = 0
         self.last_token = -1
-        self.position = len(job.prompt_ids) - 1  # position id of last_token, the next token fed
+        self.length = len(job.prompt_ids)  # entries in this row's cache: also the position of last_token
 
 
 class GenerationEngine:
@@ -76,21 +77,20 @@ class GenerationEngine:
         self.run_options = run_options
         self.tokenizer = tokenizer
         self.eos = eos_token_ids
-        self.can_pad = "attention_mask" in inputs and "position_ids" in inputs
+        self.layout = CacheLayout.of(session)
+        self.can_pad = self.layout.can_pad
         self.max_batch = max_batch if self.can_pad else 1
         self.max_queue = max_queue
         self.on_step = on_step or (lambda batch_size: None)
         self.on_tokens = on_tokens or (lambda n: None)
-        self._past_names = [n for n in inputs if n.startswith("past_key_values.")]
-        self._empty_cache = empty_cache(session)
         self._inputs = inputs
         self._outputs = [o.name for o in session.get_outputs()]
         self._pending: deque[GenerationJob] = deque()
         self._cv = threading.Condition()
         self._stopping = False
         self._rows: list[_Row] = []
-        self._past: dict[str, np.ndarray] = {}
-        self._mask: np.ndarray | None = None
+        self._past: dict[str, np.ndarray] = {}  # the batch's cache: rows in self._rows' order, _width columns
+        self._width = 0
         self._thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
 
     # -- the side the HTTP handlers use ------------------------------------------------------------------
@@ -144,7 +144,7 @@ class GenerationEngine:
             for job in jobs:
                 job.emit(Failed(f"generation failed: {type(e).__name__}: {e}"))
             if drops_batch:  # a failed step leaves no usable cache: every row in it has been told
-                self._rows, self._past, self._mask = [], {}, None
+                self._rows, self._past, self._width = [], {}, 0
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {k: v for k, v in feed.items() if k in self._inputs}
@@ -153,54 +153,41 @@ class GenerationEngine:
     def _admit(self, job: GenerationJob) -> None:
         if job.cancelled.is_set():
             return
-        n = len(job.prompt_ids)
-        feed = {"input_ids": np.asarray([job.prompt_ids], dtype=np.int64)}
-        feed["attention_mask"] = np.ones((1, n), dtype=np.int64)
-        feed["position_ids"] = np.arange(n, dtype=np.int64)[None, :]
-        feed.update(self._empty_cache)
+        layout, n = self.layout, len(job.prompt_ids)
+        feed = {**layout.empty(), **layout.token_feed(np.asarray([job.prompt_ids], dtype=np.int64), [0], 0)}
         out = self._run(feed)
         self.on_step(1)
         row = _Row(job, self.tokenizer)
         if self._accept(row, out["logits"][0, -1]):
             return
-        presents = {name: out[name.replace("past_key_values.", "present.")] for name in self._past_names}
-        if self._mask is None:
-            past, mask = presents, np.ones((1, n), dtype=np.int64)
+        presents = layout.presents(out)
+        if not self._rows:
+            past, width = presents, n
         else:
-            width = max(self._mask.shape[1], n)
+            width = max(self._width, n)
             past = {
-                k: np.concatenate([_left_pad(self._past[k], width, 2), _left_pad(presents[k], width, 2)])
-                for k in self._past_names
+                k: np.concatenate([layout.pad(self._past[k], width), layout.pad(v, width)])
+                for k, v in presents.items()
             }
-            mask = np.concatenate(
-                [_left_pad(self._mask, width, 1), _left_pad(np.ones((1, n), dtype=np.int64), width, 1)]
-            )
-        self._past, self._mask = past, mask
+        self._past, self._width = past, width
         self._rows.append(row)
 
     def _step(self) -> None:
-        rows = self._rows
-        mask = np.concatenate([self._mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
-        feed = {
-            "input_ids": np.asarray([[r.last_token] for r in rows], dtype=np.int64),
-            "attention_mask": mask,
-            "position_ids": np.asarray([[r.position] for r in rows], dtype=np.int64),
-            **self._past,
-        }
-        out = self._run(feed)
+        rows, layout = self._rows, self.layout
+        lengths = np.asarray([r.length for r in rows], dtype=np.int64)
+        ids = np.asarray([[r.last_token] for r in rows], dtype=np.int64)
+        out = self._run({**layout.token_feed(ids, lengths, self._width), **self._past})
         self.on_step(len(rows))
+        for row in rows:
+            row.length += 1  # last_token is in the cache now
         keep = [i for i, row in enumerate(rows) if not self._accept(row, out["logits"][i, -1])]
         self._rows = [rows[i] for i in keep]
         if not keep:
-            self._past, self._mask = {}, None
+            self._past, self._width = {}, 0
             return
         index = np.asarray(keep)
-        mask = mask[index]
-        first = int(mask.any(axis=0).argmax())  # leading columns that only finished rows used
-        self._mask = mask[:, first:]
-        self._past = {
-            k: out[k.replace("past_key_values.", "present.")][index][:, :, first:] for k in self._past_names
-        }
+        self._width = max(rows[i].length for i in keep)  # columns only finished rows used are dropped
+        self._past = {k: layout.trim(v[index], self._width) for k, v in layout.presents(out).items()}
 
     def _accept(self, row: _Row, logits: np.ndarray) -> bool:
         """Choose and emit the row's next token. True when the row is finished (or was cancelled)."""
@@ -212,7 +199,6 @@ class GenerationEngine:
             return self._finish(row, "stop")
         row.generated += 1
         row.last_token = token
-        row.position += 1
         self.on_tokens(1)
         delta, hit_stop = row.decoder.push(token)
         if delta:
@@ -229,12 +215,3 @@ class GenerationEngine:
             row.job.emit(TextDelta(rest))
         row.job.emit(Finished(reason, len(row.job.prompt_ids), row.generated))
         return True
-
-
-def _left_pad(array: np.ndarray, width: int, axis: int) -> np.ndarray:
-    missing = width - array.shape[axis]
-    if missing == 0:
-        return array
-    pad = [(0, 0)] * array.ndim
-    pad[axis] = (missing, 0)
-    return np.pad(array, pad)

@@ -1,5 +1,6 @@
 """Run exported models with onnxruntime and numpy only (no torch): classification and greedy decoding
-with the key/value cache. The export's parity check runs this same code, so what is verified is what serves."""
+with the key/value cache (left- or right-padded: `cache_layout`). The export's parity check runs this same code,
+so what is verified is what serves."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+from adamix_deploy.serving.engine.cache_layout import CacheLayout
 
 
 def open_session(
@@ -46,13 +47,8 @@ def classify_logits(
 
 
 def empty_cache(session: ort.InferenceSession) -> dict[str, np.ndarray]:
-    """The key/value cache inputs of one sequence before its first token: (1, heads, 0, head_dim) each."""
-    cache = {}
-    for i in session.get_inputs():
-        if i.name.startswith("past_key_values."):
-            _, heads, _, head_dim = i.shape
-            cache[i.name] = np.zeros((1, heads, 0, head_dim), dtype=_NUMPY_TYPES[i.type])
-    return cache
+    """The key/value cache inputs of one sequence before its first token: (1, kv_heads, 0, head_dim) each."""
+    return CacheLayout.of(session).empty()
 
 
 def greedy_generate(
@@ -64,16 +60,15 @@ def greedy_generate(
 ) -> tuple[list[int], np.ndarray]:
     """Greedy decoding of one prompt with the exported key/value cache. Returns the new token ids (up to
     and excluding eos) and the logits of the first step (for parity checks)."""
-    inputs = {i.name: i for i in session.get_inputs()}
-    past_names = [n for n in inputs if n.startswith("past_key_values.")]
-    feed = empty_cache(session)
+    layout = CacheLayout.of(session)
+    feed = layout.empty()
     ids = np.asarray([prompt_ids], dtype=np.int64)
-    total = ids.shape[1]
+    length = 0  # entries in the cache
     generated: list[int] = []
     first_logits = None
     output_names = [o.name for o in session.get_outputs()]
     for _ in range(max_new_tokens):
-        _feed_tokens(feed, inputs, ids, total)
+        feed.update(layout.token_feed(ids, np.asarray([length]), length))
         outputs = dict(zip(output_names, session.run(output_names, feed, run_options), strict=True))
         logits = outputs["logits"][0, -1].astype(np.float32)
         if first_logits is None:
@@ -82,10 +77,9 @@ def greedy_generate(
         if token == eos_token_id:
             break
         generated.append(token)
-        for name in past_names:
-            feed[name] = outputs[name.replace("past_key_values.", "present.")]
+        feed.update(layout.presents(outputs))
+        length += ids.shape[1]
         ids = np.asarray([[token]], dtype=np.int64)
-        total += 1
     return generated, first_logits
 
 
@@ -94,16 +88,6 @@ def sequence_logits(
 ) -> np.ndarray:
     """The logits at every position of ``ids`` in one call with an empty cache: (len(ids), vocab). Parity uses
     it to score a stage along another stage's tokens (teacher forcing), so every step is comparable."""
-    feed = empty_cache(session)
-    _feed_tokens(feed, input_names(session), np.asarray([ids], dtype=np.int64), len(ids))
+    layout = CacheLayout.of(session)
+    feed = {**layout.empty(), **layout.token_feed(np.asarray([ids], dtype=np.int64), np.asarray([0]), 0)}
     return session.run(["logits"], feed, run_options)[0][0].astype(np.float32)
-
-
-def _feed_tokens(feed: dict, inputs, ids: np.ndarray, total: int) -> None:
-    """The new tokens ``ids`` (1, n) of a sequence that is ``total`` tokens long with them, and the mask and
-    positions the graph takes."""
-    feed["input_ids"] = ids
-    if "attention_mask" in inputs:
-        feed["attention_mask"] = np.ones((1, total), dtype=np.int64)
-    if "position_ids" in inputs:
-        feed["position_ids"] = np.arange(total - ids.shape[1], total, dtype=np.int64)[None, :]
