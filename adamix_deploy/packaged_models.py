@@ -86,15 +86,23 @@ def _converted_gguf(model: PackagedModel, gguf: Path) -> Path:
         "gguf": str(gguf),
         "size": gguf.stat().st_size,
         "mtime": int(gguf.stat().st_mtime),
-        "converter": 2,
+        "converter": 3,
     }
     marker = target / "adamix_source.json"
     if marker.is_file() and json.loads(marker.read_text()) == source:
         return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model_hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers 5 keeps GGUF weights in their quantised blocks (and refuses to save them) unless told to
+    # unpack them: a float32 model is what training, merging and export start from.
+    model_hf = AutoModelForCausalLM.from_pretrained(
+        gguf.parent,
+        gguf_file=gguf.name,
+        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True),
+        dtype=torch.float32,
+    )
     _repair_chatml_tokenizer(tokenizer)
     with atomic_directory(target) as tmp:
         model_hf.save_pretrained(tmp, safe_serialization=True)
