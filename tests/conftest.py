@@ -6,6 +6,7 @@ marker's check (helpers/integration_marker.py) is loaded here for every folder."
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -94,26 +95,44 @@ def e2e_files(tmp_path_factory) -> tuple[Path, Path]:
     )
 
 
-@pytest.fixture(scope="session")
-def exports(tiny_bert, tiny_llama, tiny_gpt2, tmp_path_factory) -> dict[str, Path]:
-    """Export folders of tiny merged mixtures, as adamix-export writes them: "sentiment" (BERT classifier,
-    labels negative/positive), "restaurants" (Llama) and "restaurants-gpt2" (GPT-2) generators with the
-    prompt template "{prompt}\\n"."""
-    from adamix_deploy.config import MixtureSpec
-    from adamix_deploy.exporters.pipeline import export_checkpoint
+class LazyExports(Mapping):
+    """Export folders built on first access: the Llama folder is built by onnxruntime-genai's model builder, a
+    subprocess, so a test that reads only "sentiment" or "restaurants-gpt2" starts no process (and stays in the
+    fast loop) and one that reads "restaurants" must be marked integration."""
 
-    root = tmp_path_factory.mktemp("serve-exports")
-    folders = {}
-    for name, base, task in [
-        ("sentiment", tiny_bert, "classification"),
-        ("restaurants", tiny_llama, "generation"),
-        ("restaurants-gpt2", tiny_gpt2, "generation"),
-    ]:
-        spec = MixtureSpec("lora", experts=2, share="none", rank=4)
-        ckpt = make_checkpoint(base, task, spec, root / f"{name}-ckpt", labels=("negative", "positive"))
-        export_checkpoint(ckpt, root / name, greedy_steps=4)
-        folders[name] = root / name
-    return folders
+    def __init__(self, bases: dict[str, tuple[Path, str]], root: Path):
+        self.bases, self.root, self.built = bases, root, {}
+
+    def __getitem__(self, name: str) -> Path:
+        from adamix_deploy.config import MixtureSpec
+        from adamix_deploy.exporters.pipeline import export_checkpoint
+
+        if name not in self.built:
+            base, task = self.bases[name]
+            spec = MixtureSpec("lora", experts=2, share="none", rank=4)
+            ckpt = make_checkpoint(base, task, spec, self.root / f"{name}-ckpt", labels=("negative", "positive"))
+            export_checkpoint(ckpt, self.root / name, greedy_steps=4)
+            self.built[name] = self.root / name
+        return self.built[name]
+
+    def __iter__(self):
+        return iter(self.bases)
+
+    def __len__(self) -> int:
+        return len(self.bases)
+
+
+@pytest.fixture(scope="session")
+def exports(tiny_bert, tiny_llama, tiny_gpt2, tmp_path_factory) -> Mapping[str, Path]:
+    """Export folders of tiny merged mixtures, as adamix-export writes them, each built when first read:
+    "sentiment" (BERT classifier, labels negative/positive), "restaurants" (Llama, by the model builder) and
+    "restaurants-gpt2" (GPT-2) generators with the prompt template "{prompt}\\n"."""
+    bases = {
+        "sentiment": (tiny_bert, "classification"),
+        "restaurants": (tiny_llama, "generation"),
+        "restaurants-gpt2": (tiny_gpt2, "generation"),
+    }
+    return LazyExports(bases, tmp_path_factory.mktemp("serve-exports"))
 
 
 @pytest.fixture(scope="session")

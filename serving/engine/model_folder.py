@@ -24,6 +24,7 @@ from adamix_deploy.contracts.export_folder import (
     ADAPTER_FILE,
     ADAPTERS_FOLDER,
     CHAT_TEMPLATE_FILE,
+    EXTERNAL_DATA_SUFFIX,
     GENERATION_CONFIG_FILE,
     MODEL_CONFIG_FILE,
     TOKENIZER_CONFIG_FILE,
@@ -178,7 +179,9 @@ def read_model_folder(path: str | Path, precision: str = "fp32", name: str | Non
         onnx_file = manifest.onnx_file(precision)
     except ExportFolderError as e:
         raise ModelFolderError(f"{path}: {e}") from None
-    _check_files(path, manifest, [onnx_file, TOKENIZER_FILE, MODEL_CONFIG_FILE])
+    weights = onnx_file + EXTERNAL_DATA_SUFFIX  # a graph with external data (the model builder's) reads it
+    external = [weights] if weights in manifest.files or (path / weights).exists() else []
+    _check_files(path, manifest, [onnx_file, *external, TOKENIZER_FILE, MODEL_CONFIG_FILE])
     config = _read_json(path, MODEL_CONFIG_FILE)
     tokenizer_config = _read_json(path, TOKENIZER_CONFIG_FILE) if (path / TOKENIZER_CONFIG_FILE).exists() else {}
     try:

@@ -59,7 +59,8 @@ def test_classification_export_folder_and_parity(tiny_bert, tmp_path, spec):
     np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-4)
 
 
-@pytest.mark.parametrize("fixture", ["tiny_gpt2", "tiny_llama"])
+# the Llama export runs onnxruntime-genai's model builder, a subprocess
+@pytest.mark.parametrize("fixture", ["tiny_gpt2", pytest.param("tiny_llama", marks=pytest.mark.integration)])
 def test_generation_export_greedy_parity_with_cache(request, fixture, tmp_path):
     path = request.getfixturevalue(fixture)
     ckpt = make_checkpoint(
@@ -69,6 +70,8 @@ def test_generation_export_greedy_parity_with_cache(request, fixture, tmp_path):
     stage = manifest.parity["stages"]["onnx_fp32"]
     assert stage["greedy_tokens_identical"] == 1.0 and stage["max_abs_logit_diff"] <= 1e-4
     assert manifest.onnx.with_past is True
+    tool = manifest.onnx.tool("fp32").tool
+    assert tool.startswith("onnxruntime-genai model builder" if fixture == "tiny_llama" else "torch.onnx.export")
     session = open_session(tmp_path / "deploy" / "model.onnx")
     assert any(i.name.startswith("past_key_values.") for i in session.get_inputs())
     # the cached loop equals full recomputation at every step

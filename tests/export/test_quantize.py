@@ -69,11 +69,16 @@ def _initializers(path) -> list[np.ndarray]:
     return [numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer]
 
 
-@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+# the Llama export runs onnxruntime-genai's model builder (a subprocess), which shares the tied matrix itself
+@pytest.mark.parametrize("fixture", [pytest.param("tiny_llama", marks=pytest.mark.integration), "tiny_gpt2"])
 def test_a_tied_decoder_export_holds_its_embedding_once(request, fixture, tmp_path):
     ckpt = make_checkpoint(request.getfixturevalue(fixture), "generation", lora(), tmp_path / "ckpt")
     manifest = export_checkpoint(ckpt, tmp_path / "deploy", greedy_steps=6)
-    assert manifest.onnx.fusions["FusedMatMul (tied LM head)"] == 1
+    if fixture == "tiny_llama":
+        assert manifest.onnx.fusions["GroupQueryAttention"] == 2
+        assert manifest.onnx.tool("fp32").options["extra_options"]["shared_embeddings"] == "true"
+    else:
+        assert manifest.onnx.fusions["FusedMatMul (tied LM head)"] == 1
     arrays = [a for a in _initializers(tmp_path / "deploy" / "model.onnx") if a.ndim == 2]
     embedding = max(arrays, key=lambda a: a.size)
     copies = [a for a in arrays if a.shape in (embedding.shape, embedding.T.shape)]
@@ -82,6 +87,7 @@ def test_a_tied_decoder_export_holds_its_embedding_once(request, fixture, tmp_pa
     assert stage["greedy_tokens_identical"] == 1.0 and stage["max_abs_logit_diff"] <= 1e-4
 
 
+@pytest.mark.integration  # the model builder runs as a subprocess
 def test_weight_only_int8_and_int4_decoders_record_settings_and_parity(tiny_llama, tmp_path):
     ckpt = make_checkpoint(tiny_llama, "generation", lora(), tmp_path / "ckpt")
     manifest = export_checkpoint(
@@ -89,7 +95,10 @@ def test_weight_only_int8_and_int4_decoders_record_settings_and_parity(tiny_llam
     )
     deploy = tmp_path / "deploy"
     assert manifest.onnx.models == {"fp32": "model.onnx", "int8": "model_int8.onnx", "int4": "model_int4.onnx"}
-    assert manifest.files["model_int4.onnx"] < manifest.files["model_int8.onnx"] < manifest.files["model.onnx"]
+    size = {
+        p: manifest.files[name] + manifest.files.get(f"{name}.data", 0) for p, name in manifest.onnx.models.items()
+    }
+    assert size["int4"] < size["int8"] < size["fp32"]
     assert manifest.parity["prompts"] == 8
     for precision, bits in (("int8", 8), ("int4", 4)):
         settings = manifest.onnx.quantization[precision]
@@ -99,8 +108,14 @@ def test_weight_only_int8_and_int4_decoders_record_settings_and_parity(tiny_llam
         assert len(nbits) == settings["quantized_matmuls"] > 0
         attributes = {a.name: helper.get_attribute_value(a) for a in nbits[0].attribute}
         assert attributes["bits"] == bits and attributes["accuracy_level"] == 4 and attributes["block_size"] == 32
-        assert settings["lm_head"].startswith("fp32, one matrix with the embedding")
-        assert [n.op_type for n in graph.node if "logits" in n.output] == ["FusedMatMul"]  # the head stays fp32
+        # the head and the embedding stay fp32, one matrix: the embedding gathers from the head's transpose
+        assert settings["lm_head"] == "fp32 (excluded)" and settings["embedding"].startswith(
+            "fp32, the transposed"
+        )
+        assert [n.op_type for n in graph.node if "logits" in n.output] == ["MatMul"]
+        options = manifest.onnx.tool(precision).options["extra_options"]
+        assert options["nodes_to_exclude"] == "/lm_head/MatMul,/model/embed_tokens/Gather"
+        assert options["block_size"] == "32" and options["is_symmetric"] == "true"
         stage = manifest.parity["stages"][f"onnx_{precision}"]
         divergence = stage["first_divergence_step"]
         assert len(divergence) == 8 and all(d is None or 0 <= d <= 8 for d in divergence)

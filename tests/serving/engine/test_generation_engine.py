@@ -1,5 +1,8 @@
 """serving.generation.GenerationEngine in process, over real onnxruntime sessions of the "restaurants" (Llama,
-batched with a padded key/value cache) and "restaurants-gpt2" (no mask inputs: one job at a time) exports.
+built by onnxruntime-genai's model builder: GroupQueryAttention, right-padded cache) and "restaurants-gpt2"
+(exported from PyTorch: left-padded cache with position ids; and, wrapped, a graph without mask inputs that runs
+one job at a time) exports. The Llama export runs the model builder as a subprocess, so its tests are marked
+integration; the GPT-2 ones stay in the fast loop.
 
 Most jobs decode with `IdTokenizer`, whose text is "[id][id]...", so a job's events give back its exact tokens.
 References are independent of the engine's cache handling: `greedy_generate`, and a numpy loop that recomputes
@@ -115,6 +118,7 @@ def logits_seen(monkeypatch) -> dict[int, list[np.ndarray]]:
 
 
 # -- results ------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_greedy_output_equals_greedy_generate(llama_model):
     model = llama_model
     (eos,) = model.eos_token_ids
@@ -129,6 +133,7 @@ def test_greedy_output_equals_greedy_generate(llama_model):
         assert text_events.finished == events.finished
 
 
+@pytest.mark.integration
 def test_seeded_sampling_repeats_matches_a_cacheless_reference_and_differs_across_seeds(llama_model):
     model = llama_model
     ids = prompt_ids(model, PROMPTS[0])
@@ -141,6 +146,7 @@ def test_seeded_sampling_repeats_matches_a_cacheless_reference_and_differs_acros
     assert restricted == reference(model.session, ids, 20, SamplingParams(1.0, top_k=3), 7)[0]
 
 
+@pytest.mark.integration
 def test_concurrent_jobs_give_each_the_tokens_and_logits_it_gets_alone(llama_model, logits_seen):
     """Continuous batching: 6 jobs of different prompt lengths and lengths through 3 rows, so jobs join while
     others are mid-generation (cache merged with left padding) and rows leave early (cache trimmed)."""
@@ -165,6 +171,7 @@ def test_concurrent_jobs_give_each_the_tokens_and_logits_it_gets_alone(llama_mod
         assert alone.tokens == expected
 
 
+@pytest.mark.integration
 def test_a_job_joining_mid_generation_is_unaffected(llama_model):
     """A short prompt admitted while a long-prompt row is several steps in, and the other way round."""
     model = llama_model
@@ -189,6 +196,7 @@ def test_a_job_joining_mid_generation_is_unaffected(llama_model):
         assert late_events.tokens == reference(model.session, second, 10, SAMPLED, 2)[0]
 
 
+@pytest.mark.integration
 def test_text_deltas_with_the_real_tokenizer_join_to_the_decode_and_a_stop_string_cuts_before_it(llama_model):
     model = llama_model
     ids = prompt_ids(model, PROMPTS[1])
@@ -212,6 +220,7 @@ def test_text_deltas_with_the_real_tokenizer_join_to_the_decode_and_a_stop_strin
     assert stop not in model.tokenizer.decode(tokens[: finished.completion_tokens - 1])
 
 
+@pytest.mark.integration
 def test_max_new_tokens_and_eos_end_a_row_with_the_right_reason(llama_model):
     model = llama_model
     ids = prompt_ids(model, PROMPTS[0])
@@ -226,6 +235,7 @@ def test_max_new_tokens_and_eos_end_a_row_with_the_right_reason(llama_model):
     assert at_once.events == [Finished("stop", len(ids), 0)]
 
 
+@pytest.mark.integration
 def test_cancelling_a_job_frees_its_row_for_the_others(llama_model):
     model = llama_model
     ids = [prompt_ids(model, p) for p in PROMPTS[:4]]
@@ -255,6 +265,7 @@ def test_cancelling_a_job_frees_its_row_for_the_others(llama_model):
     assert max(steps) == 2
 
 
+@pytest.mark.integration
 def test_the_queue_limit_raises_queue_full_and_stop_finishes_the_queued_jobs(llama_model):
     model = llama_model
     ids = prompt_ids(model, PROMPTS[1])
@@ -334,6 +345,7 @@ def test_a_model_without_mask_inputs_runs_one_job_at_a_time_with_the_same_result
         assert events.tokens == reference(model.session, ids, 10, SamplingParams(), None)[0]
 
 
+@pytest.mark.integration
 def test_a_failing_job_gets_failed_and_the_engine_keeps_serving(llama_model):
     model = llama_model
     bad_ids = [model.tokenizer.get_vocab_size() + 5000] * 3  # outside the embedding table
@@ -350,6 +362,7 @@ def test_a_failing_job_gets_failed_and_the_engine_keeps_serving(llama_model):
     assert good_events.tokens == greedy_generate(model.session, ids, 5, None)[0]
 
 
+@pytest.mark.integration
 def test_a_failing_admission_does_not_drop_the_rows_already_running(llama_model):
     model = llama_model
     ids = prompt_ids(model, PROMPTS[0])
