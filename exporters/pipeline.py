@@ -1,9 +1,15 @@
 """``adamix-export --merge``: mixture checkpoint -> merged model -> verified, self-contained export folder.
 
 Read `export_checkpoint` top to bottom: load (any supported checkpoint format), merge the experts and fold them
-(`adamix_deploy.merge`), write the merged Hugging Face folder, export ONNX, optimise, write the reduced
-precisions, check parity, write the manifest. Everything is built in a temporary folder and renamed into place
-only after parity passes. The folder's format is `exporters.export_folder`.
+(`adamix_deploy.merge`), write the merged Hugging Face folder, write the ONNX files, check parity, write the
+manifest. The ONNX files come one of two ways, recorded per file in the manifest (`OnnxInfo.tools`):
+- decoders of the families onnxruntime-genai's model builder supports (`genai_builder.BUILDER_ARCHITECTURES`:
+  Llama, Mistral, Qwen2/3, Phi3, Gemma, ...) when it is installed: the builder writes fp32 and the requested
+  int8/int4 from the merged folder (`_builder_files`); no fp16 (the builder's targets GPUs);
+- everything else (encoders, GPT-2, bottleneck-adapter merges, any decoder without onnxruntime-genai):
+  `torch.onnx.export`, onnxruntime's fusions, then `quantize` (`_torch_files`).
+Everything is built in a temporary folder and renamed into place only after parity passes. The folder's format
+is `contracts.export_folder`.
 """
 
 from __future__ import annotations
