@@ -1,11 +1,12 @@
 """Write a tied embedding / LM-head matrix once.
 
-optimum's exporter already de-duplicates tied weights: the LM head reads `Transpose(embedding)`. But
-onnxruntime's transformer optimiser runs a basic-level session first, whose constant folding turns that
-Transpose into a second initializer (`<embedding>_transposed`): SmolLM2's 113 MB embedding was written twice
-(652 MB for 538 MB of weights). `share_tied_lm_head` undoes it after optimisation: the LM head becomes
-`com.microsoft.FusedMatMul(x, E, transB=1)` on the embedding itself, and the transposed copy is dropped. The
-logits are bit-identical (the same products, read in the other order), and onnxruntime's CPU and CUDA kernels
+A tied LM head reads the embedding transposed, and every exporter writes that transpose as a second
+initializer: PyTorch's TorchScript exporter folds `Transpose(embedding)` into a constant at export
+(`onnx::MatMul_*`, (hidden, vocab)), and when an exporter keeps the Transpose (optimum's did), onnxruntime's
+transformer optimiser folds it in its basic-level session. Either way SmolLM2's 113 MB embedding would be
+written twice (652 MB for 538 MB of weights). `share_tied_lm_head` undoes it after optimisation: the LM head
+becomes `com.microsoft.FusedMatMul(x, E, transB=1)` on the embedding itself, and the transposed copy is dropped
+(found by value: it equals the transpose of a Gather's initializer, whatever its name). The logits are bit-identical (the same products, read in the other order), and onnxruntime's CPU and CUDA kernels
 run FusedMatMul. The weight-only quantiser touches only MatMul nodes, so a quantised decoder keeps its head in
 fp32, shared with the embedding, for free.
 """
