@@ -6,8 +6,9 @@ initializer: PyTorch's TorchScript exporter folds `Transpose(embedding)` into a 
 transformer optimiser folds it in its basic-level session. Either way SmolLM2's 113 MB embedding would be
 written twice (652 MB for 538 MB of weights). `share_tied_lm_head` undoes it after optimisation: the LM head
 becomes `com.microsoft.FusedMatMul(x, E, transB=1)` on the embedding itself, and the transposed copy is dropped
-(found by value: it equals the transpose of a Gather's initializer, whatever its name). The logits are bit-identical (the same products, read in the other order), and onnxruntime's CPU and CUDA kernels
-run FusedMatMul. The weight-only quantiser touches only MatMul nodes, so a quantised decoder keeps its head in
+(found by value: it equals the transpose of a Gather's initializer, whatever its name). The logits are
+bit-identical (the same products, read in the other order), and onnxruntime's CPU and CUDA kernels run
+FusedMatMul. The weight-only quantiser touches only MatMul nodes, so a quantised decoder keeps its head in
 fp32, shared with the embedding, for free.
 """
 
