@@ -90,20 +90,18 @@ def build(only: Collection[str] = ()) -> None:
 
 def base_generation_checkpoint(folder: Path) -> None:
     """SmolLM2 with no adaptation, as a (weightless) mixture checkpoint: the base-model reference export."""
-    from adamix_deploy.checkpoint import save_checkpoint
+    from adamix_deploy.checkpoint import checkpoint_config, save_checkpoint
     from adamix_deploy.config import MixtureSpec
     from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
     from adamix_deploy.packaged_models import resolve_model
 
     path = resolve_model("smollm2")
     tokenizer = load_tokenizer(path)
-    spec = MixtureSpec("head")
-    model, head = build_mixture_model(path, "generation", None, spec, tokenizer)
-    config = {
-        "base_model": {"name": "smollm2", "path": str(path), "model_type": "llama", "architecture": type(model).__name__},
-        "task": "generation", "labels": None, "max_length": 64, "prompt_template": "{prompt}\n",
-        "mixture": spec.to_dict(), "head": head, "training": {"complete": True, "note": "untrained base"},
-    }  # fmt: skip
+    model, head, spec = build_mixture_model(path, "generation", None, MixtureSpec("head"), tokenizer)
+    config = checkpoint_config(
+        model, "smollm2", path, "generation", None, spec, head,
+        max_length=64, prompt_template="{prompt}\n", training={"complete": True, "note": "untrained base"},
+    )  # fmt: skip
     save_checkpoint(folder, config, model, tokenizer)
 
 

@@ -17,6 +17,9 @@ from adamix_deploy.contracts.errors import AdamixError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# transformers 5 draws a bar for every load and save ("Loading weights", "Writing model shards"); an error must
+# stay one line, and our commands report their own progress
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def run_one_line_errors(command: click.Command) -> Callable[[], None]:

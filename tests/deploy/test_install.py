@@ -1,5 +1,6 @@
 """`pip install <repo>[serve]` into an empty virtualenv gives a working `adamix-serve` without torch,
-transformers, optimum or gradio, and it answers exactly as the full development environment does.
+transformers or gradio, and it answers exactly as the full development environment does; `[train,serve]`
+resolves to transformers 5 with onnxruntime-genai and a clean `pip check`.
 
 A regular (non-editable) install of a copy of the repository's files: it builds the real wheel, so the
 package-dir mapping (serving/ -> adamix_deploy.serving, ...) is what gets tested. The sizes on disk and the
@@ -25,7 +26,7 @@ from helpers import ARTIFACTS, REPO
 
 pytestmark = pytest.mark.integration
 
-NOT_IN_SERVE = ("torch", "transformers", "optimum", "gradio")
+NOT_IN_SERVE = ("torch", "transformers", "gradio")
 # pip's messages when it cannot reach an index: only then is the test skipped
 NETWORK_ERROR = re.compile(
     r"NewConnectionError|Max retries exceeded|Temporary failure in name resolution|Name or service not known|"
@@ -173,3 +174,34 @@ def test_the_serve_install_answers_like_the_full_environment(serve_venv, exports
     assert serve_output["usage"]["completion_tokens"] == full_output["usage"]["completion_tokens"] == 3
     assert serve_output["text"] == full_output["text"]
     assert serve_output["finish_reason"] == full_output["finish_reason"] == "length"
+
+
+def test_the_training_install_resolves_to_transformers_5_and_pip_check_is_clean(tmp_path):
+    """`pip install <repo>[train,serve]` into an empty virtualenv: transformers 5, onnxruntime-genai's builder
+    (Python 3.11+), no optimum, and nothing `pip check` objects to."""
+    source = copy_sources(tmp_path / "src")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=clean_env())
+    python = str(venv / "bin" / "python")
+    pip = subprocess.run(
+        [python, "-m", "pip", "install", f"{source}[train,serve]"], capture_output=True, text=True, env=clean_env()
+    )
+    log = pip.stdout + pip.stderr
+    if pip.returncode != 0 and NETWORK_ERROR.search(log):
+        pytest.skip(f"pip cannot reach a package index:\n{log[-2000:]}")
+    assert pip.returncode == 0, log[-5000:]
+    check = subprocess.run([python, "-m", "pip", "check"], capture_output=True, text=True, env=clean_env())
+    assert check.returncode == 0, check.stdout + check.stderr
+    code = (
+        "import json\nfrom importlib.metadata import PackageNotFoundError, version\n"
+        "def v(name):\n    try:\n        return version(name)\n    except PackageNotFoundError:\n        return None\n"
+        "print(json.dumps({n: v(n) for n in ('transformers', 'torch', 'onnxruntime', 'onnxruntime-genai',"
+        " 'optimum', 'optimum-onnx', 'onnxruntime-gpu')}))\n"
+    )
+    versions = json.loads(run_in(venv, code, tmp_path))
+    assert versions["transformers"].startswith("5."), versions
+    assert versions["torch"].startswith("2.13.0"), versions
+    if sys.version_info >= (3, 11):
+        assert versions["onnxruntime-genai"] is not None, versions
+    assert versions["optimum"] is None and versions["optimum-onnx"] is None, versions
+    assert versions["onnxruntime-gpu"] is None, versions
