@@ -49,6 +49,17 @@ SEQUENCE_AXES = {0: "batch_size", 1: "sequence_length"}
 EXAMPLE_BATCH, EXAMPLE_SEQUENCE, EXAMPLE_PAST = 2, 3, 4
 
 
+# what a model the exporter cannot trace or convert raises (an unsupported operator, data-dependent control flow)
+EXPORT_ERRORS = (
+    RuntimeError,
+    ValueError,
+    KeyError,
+    TypeError,
+    NotImplementedError,
+    torch.onnx.errors.OnnxExporterError,
+)
+
+
 def export_onnx(model, tokenizer, task: str, folder: Path, opset: int) -> Path:
     """Write ``model.onnx`` and the files the export folder needs beside it (config.json, generation_config.json
     for decoders, the tokenizer's files) into ``folder``; returns the model path.
@@ -68,7 +79,7 @@ def export_onnx(model, tokenizer, task: str, folder: Path, opset: int) -> Path:
                 _export(module, args, path, inputs, outputs, axes, opset)
             else:
                 _export_large(module, args, path, inputs, outputs, axes, opset)
-        except (RuntimeError, ValueError, KeyError, TypeError, NotImplementedError, torch.onnx.errors.OnnxExporterError) as e:  # fmt: skip
+        except EXPORT_ERRORS as e:
             raise AdamixError(f"ONNX export failed: {_first_line(e)}") from None
     write_companion_files(model, tokenizer, task, folder)
     return path
@@ -218,7 +229,8 @@ def _quiet() -> Iterator[None]:
     deprecation) and its prints are expected and noisy."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "transformers")]
     levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # fmt: skip
+    quiet_streams = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with warnings.catch_warnings(), quiet_streams[0], quiet_streams[1]:
         warnings.simplefilter("ignore")
         for lg in loggers:
             lg.setLevel(logging.ERROR)

@@ -81,8 +81,10 @@ def gpt2_export(tmp_path_factory):
 
     torch.manual_seed(0)
     tokenizer = bpe_tokenizer()
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64,
-                                       eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)).eval()  # fmt: skip
+    eos = tokenizer.eos_token_id
+    size = {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64}
+    config = GPT2Config(vocab_size=len(tokenizer), eos_token_id=eos, bos_token_id=eos, **size)
+    model = GPT2LMHeadModel(config).eval()
     folder = tmp_path_factory.mktemp("gpt2")
     raw = export_onnx(model, tokenizer, "generation", folder / "raw", 18)
     assert not model.training
