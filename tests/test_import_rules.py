@@ -19,7 +19,7 @@ from helpers import REPO
 pytestmark = pytest.mark.integration
 
 SERVER_STACK = ("fastapi", "uvicorn", "starlette")
-TRAINING_STACK = ("torch", "transformers", "optimum")
+TRAINING_STACK = ("torch", "transformers", "onnxruntime_genai")  # onnxruntime_genai: its model builder, at export
 # The layers, bottom to top: the contracts (tasks, checkpoint and export-folder formats, errors, the command
 # wrapper, atomic writes); training (adamix_deploy's own modules); the exporters; the server (its engine, then
 # its HTTP layer); the demo. Every stage may load the package root (lazy, torch-free) and the contracts; the
