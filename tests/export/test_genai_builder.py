@@ -171,3 +171,19 @@ def test_last_error_line_skips_progress_bars(tmp_path):
         "requires a model that ties\nSaving x: 100%|██| 18/18 [00:00<00:00, 2359.15it/s]\n"
     )
     assert genai_builder.last_error_line(log) == "ValueError: shared_embeddings=true requires a model that ties"
+
+
+def test_without_onnxruntime_genai_a_llama_exports_through_pytorch_and_batches_left_padded(
+    tiny_llama, tmp_path, monkeypatch
+):
+    """Python 3.10 has no onnxruntime-genai wheel: every decoder family then takes PyTorch's exporter."""
+    monkeypatch.setattr(genai_builder, "builder_version", lambda: None)
+    ckpt = make_checkpoint(tiny_llama, "generation", lora(), tmp_path / "ckpt")
+    manifest = export_checkpoint(ckpt, tmp_path / "deploy", quantize=("int8",), greedy_steps=8)
+    assert manifest.onnx.tool("fp32").tool.startswith("torch.onnx.export")
+    assert manifest.onnx.genai is None and not (tmp_path / "deploy" / GENAI_CONFIG_FILE).exists()
+    stage = manifest.parity["stages"]["onnx_fp32"]
+    assert stage["first_step_max_abs_logit_diff"] <= 1e-4 and stage["greedy_tokens_identical"] == 1.0
+    session = open_session(tmp_path / "deploy" / "model.onnx")
+    layout = CacheLayout.of(session)
+    assert layout.padding == "left" and layout.takes_positions and layout.can_pad
