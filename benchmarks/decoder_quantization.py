@@ -6,9 +6,8 @@ JSON + PNG.
     python -m benchmarks.decoder_quantization quality   # BLEU / ROUGE-L per file on E2E test (resumable per file)
     python -m benchmarks.decoder_quantization speed     # tokens/s, first-token time, RSS: each backend its own process
     python -m benchmarks.decoder_quantization report    # tables (and docs/benchmarks/quantization.md), plot
-    add --genai-python /work/genai-venv/bin/python to build, quality and speed to include onnxruntime-genai's own
-    int4 model of the same merged folder, run by its own generate loop (benchmarks/genai_peer.py says how to make
-    that venv: genai's builder needs transformers >= 5, this project pins 4.57)
+    add --genai-python .venv/bin/python to build, quality and speed to include onnxruntime-genai's own int4
+    model of the same merged folder (its builder's defaults), run by its own generate loop (benchmarks/genai_peer.py)
 
 - Model: SmolLM2-135M-Instruct (the packaged GGUF, float32), AdaMix-LoRA M=4 on q_proj / v_proj with the
   `nlg-lora` recipe (r 4, alpha 32, shared B, consistency 100, label smoothing 0.1), trained on TRAIN_PAIRS

@@ -1,19 +1,17 @@
-"""onnxruntime-genai as the peer of our quantised decoder, run by `benchmarks.decoder_quantization` with the Python
-of a separate environment: genai's model builder needs transformers >= 5, this project pins 4.57, so the two
-never share a venv. This file imports nothing of adamix_deploy nor of the benchmarks, and runs as a script.
+"""onnxruntime-genai as the peer of our quantised decoder, run by `benchmarks.decoder_quantization` in a process of
+its own, with the project's Python (`[train]` installs onnxruntime-genai) or another environment's. This file imports
+nothing of adamix_deploy nor of the benchmarks, and runs as a script.
 
-    python3 -m venv /work/genai-venv
-    /work/genai-venv/bin/pip install torch==2.13.0 onnxruntime-genai 'transformers>=5,<6' onnx onnx_ir
-    /work/genai-venv/bin/python benchmarks/genai_peer.py build MERGED_HF_FOLDER OUT --threads 2
-    /work/genai-venv/bin/python benchmarks/genai_peer.py speed OUT PROMPTS.json --tokens 32 --repeats 3
-    /work/genai-venv/bin/python benchmarks/genai_peer.py decode OUT PROMPTS.json --max-new-tokens 64
+    .venv/bin/python benchmarks/genai_peer.py build MERGED_HF_FOLDER OUT --threads 2
+    .venv/bin/python benchmarks/genai_peer.py speed OUT PROMPTS.json --tokens 32 --repeats 3
+    .venv/bin/python benchmarks/genai_peer.py decode OUT PROMPTS.json --max-new-tokens 64
 
 `build` runs genai's own builder (int4, CPU: its defaults, block 32, symmetric, accuracy level 4, one int4 tensor
 shared by the embedding and the LM head) on the merged Hugging Face folder of an export and pins the session to
 ``--threads`` intra-op threads. PROMPTS.json is a list of prompts as token ids (laid out with the template and
-tokenised by the export's tokenizer.json, as the server does): genai's own tokenizer does not read this
-tokenizer.json correctly (it gave id -1 for "]", "," and spaces in E2E records), and the comparison is of the
-models, so every backend gets the same ids and `decode` returns ids. Every command prints one JSON object.
+tokenised by the export's tokenizer.json, as the server does): genai's own tokenizer misread the tokenizer.json of
+checkpoints trained on transformers 4.x (id -1 for "]", "," and spaces in E2E records), and the comparison is of
+the models, so every backend gets the same ids and `decode` returns ids. Every command prints one JSON object.
 """
 
 from __future__ import annotations
