@@ -31,7 +31,7 @@ from benchmarks.common.paths import RESULTS, WORK
 from benchmarks.common.plots import pyplot, save
 from benchmarks.common.subprocesses import child
 
-ROUNDS = 3
+ROUNDS = 5
 RESULT = RESULTS / "exporter_comparison.json"
 TIMER = "benchmarks.merged_exports"
 
@@ -74,7 +74,8 @@ def measure(baseline: Path) -> None:
                 out = child(TIMER, "time", "--backend", "onnx", "--model", folder, "--file", file, "--task",
                             "generation", "--tokens", tokens, "--repeats", repeats, "--warmup", 1)  # fmt: skip
                 runs.setdefault(f"{label} | {tokens} tokens", []).append(out["median_ms"])
-    nodes = {label: node_count(folder / file) for label, folder, file in classifiers + decoders}
+    nodes = {f"classifier {label}": node_count(folder / file) for label, folder, file in classifiers}
+    nodes |= {f"decoder {label}": node_count(folder / file) for label, folder, file in decoders}
     RESULT.write_text(
         json.dumps(
             {"rounds": ROUNDS, "threads": 2, "runs_ms": runs, "nodes": nodes, "baseline": str(baseline)}, indent=1
@@ -95,7 +96,7 @@ def report(write: bool = True) -> None:
         for batch in (1, 8):
             old, new = ms[f"optimum {precision} | b{batch}"], ms[f"torch.onnx {precision} | b{batch}"]
             rows.append([precision, batch, f"{old:.2f}", f"{new:.2f}", f"{new / old:.3f}",
-                         nodes[f"optimum {precision}"], nodes[f"torch.onnx {precision}"]])  # fmt: skip
+                         nodes[f"classifier optimum {precision}"], nodes[f"classifier torch.onnx {precision}"]])  # fmt: skip
     md.table(
         ["precision", "batch", "optimum ms", "torch.onnx ms", "torch/optimum", "nodes optimum", "nodes torch"],
         rows,
@@ -114,7 +115,7 @@ def report(write: bool = True) -> None:
         tps = [32 / (ms[f"{label} | 32 tokens"] / 1000) for label in (old_label, new_label)]
         first = [ms[f"{label} | 1 tokens"] for label in (old_label, new_label)]
         rows.append([precision, f"{tps[0]:.1f}", f"{tps[1]:.1f}", f"{tps[1] / tps[0]:.2f}", f"{first[0]:.1f}",
-                     f"{first[1]:.1f}", nodes[old_label], nodes[new_label]])  # fmt: skip
+                     f"{first[1]:.1f}", nodes[f"decoder {old_label}"], nodes[f"decoder {new_label}"]])  # fmt: skip
     md.table(["precision", "optimum tokens/s", "builder tokens/s", "builder/optimum", "optimum first token ms",
               "builder first token ms", "nodes optimum", "nodes builder"], rows)  # fmt: skip
     publish(md, "export.md", "exporter-comparison", write)
