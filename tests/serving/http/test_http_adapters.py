@@ -235,6 +235,7 @@ def test_bad_adapter_requests_get_one_4xx_and_the_server_keeps_serving(server, f
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.integration  # its `folders` fixture builds the folded Llama exports with the model builder, a subprocess
 def test_the_demo_lists_the_adapters_and_its_card_names_their_base(folders):
     from adamix_deploy.demo.formatting import model_card_markdown
     from adamix_deploy.demo.inprocess_backend import InProcessBackend
