@@ -53,8 +53,8 @@ _ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception)\b|^error:", re.IGNORECASE)
 
 
 def builder_version() -> str | None:
-    """The installed onnxruntime-genai's version, or None when it cannot be imported (its 0.18 wheels are for
-    Python 3.11 and later)."""
+    """The installed onnxruntime-genai's version, or None when it is not installed (`[train]` brings it; a
+    platform without its wheel exports every decoder through PyTorch)."""
     if importlib.util.find_spec("onnxruntime_genai") is None:
         return None
     return importlib.metadata.version("onnxruntime-genai")

@@ -124,7 +124,7 @@ class ClassificationBatcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:  # Python 3.10's wait_for raises this, not the builtin
+                except TimeoutError:
                     break
             batch = [(r, i) for r, i in batch if not r.cancelled]
             if not batch:

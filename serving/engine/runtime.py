@@ -98,7 +98,7 @@ class ModelRuntime:
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
             drained = True
-        except asyncio.TimeoutError:  # Python 3.10's wait_for raises this, not the builtin
+        except TimeoutError:
             drained = False
         await self.stop()
         return drained
@@ -151,7 +151,7 @@ class ModelRuntime:
             logits = await self.batcher.classify(items, self.settings.request_timeout_s)
         except QueueFull:
             raise queue_full(self.name) from None
-        except asyncio.TimeoutError:  # Python 3.10's wait_for raises this, not the builtin
+        except TimeoutError:
             raise timed_out(self.name, self.settings.request_timeout_s) from None
         finally:
             self._leave()
@@ -231,7 +231,7 @@ class ModelRuntime:
             while True:
                 try:
                     event = await asyncio.wait_for(events.get(), max(deadline - loop.time(), 0))
-                except asyncio.TimeoutError:  # Python 3.10's wait_for raises this, not the builtin
+                except TimeoutError:
                     raise timed_out(self.name, self.settings.request_timeout_s) from None
                 if isinstance(event, Failed):
                     raise ServeError(500, event.message)

@@ -116,7 +116,7 @@ async def _drain(receive) -> None:
             return  # a client that keeps sending, slowly: close anyway
         try:
             message = await asyncio.wait_for(receive(), wait)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return  # a stalled client (or the total bound): close anyway
         if message["type"] != "http.request":
             return  # the client closed: nothing left to protect

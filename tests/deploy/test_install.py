@@ -178,7 +178,7 @@ def test_the_serve_install_answers_like_the_full_environment(serve_venv, exports
 
 def test_the_training_install_resolves_to_transformers_5_and_pip_check_is_clean(tmp_path):
     """`pip install <repo>[train,serve]` into an empty virtualenv: transformers 5, onnxruntime-genai's builder
-    (Python 3.11+), no optimum, and nothing `pip check` objects to."""
+    (the model builder), no optimum, and nothing `pip check` objects to."""
     source = copy_sources(tmp_path / "src")
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=clean_env())
@@ -201,7 +201,6 @@ def test_the_training_install_resolves_to_transformers_5_and_pip_check_is_clean(
     versions = json.loads(run_in(venv, code, tmp_path))
     assert versions["transformers"].startswith("5."), versions
     assert versions["torch"].startswith("2.13.0"), versions
-    if sys.version_info >= (3, 11):
-        assert versions["onnxruntime-genai"] is not None, versions
+    assert versions["onnxruntime-genai"] is not None, versions
     assert versions["optimum"] is None and versions["optimum-onnx"] is None, versions
     assert versions["onnxruntime-gpu"] is None, versions

@@ -176,7 +176,8 @@ def test_last_error_line_skips_progress_bars(tmp_path):
 def test_without_onnxruntime_genai_a_llama_exports_through_pytorch_and_batches_left_padded(
     tiny_llama, tmp_path, monkeypatch
 ):
-    """Python 3.10 has no onnxruntime-genai wheel: every decoder family then takes PyTorch's exporter."""
+    """Where onnxruntime-genai cannot be imported (a platform without its wheel), every decoder family takes
+    PyTorch's exporter."""
     monkeypatch.setattr(genai_builder, "builder_version", lambda: None)
     ckpt = make_checkpoint(tiny_llama, "generation", lora(), tmp_path / "ckpt")
     manifest = export_checkpoint(ckpt, tmp_path / "deploy", quantize=("int8",), greedy_steps=8)
