@@ -71,6 +71,12 @@ class CacheLayout:
         return [c.name for c in self.caches]
 
     @property
+    def shares_buffers(self) -> bool:
+        """The graph's attention writes the new keys/values into its past tensors when past and present are one
+        buffer (GroupQueryAttention: the builder's graphs), so the cache can stay in place (`kv_cache`)."""
+        return self.padding == "right"
+
+    @property
     def can_pad(self) -> bool:
         """Rows of different lengths can share a batch: the graph is told each row's length (right: the mask;
         left: the mask and the position ids)."""

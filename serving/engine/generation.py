@@ -2,14 +2,15 @@
 
 One engine thread per generation model, so a long generation never holds up classification (which runs on
 its own thread) nor the event loop. At every step the engine
-  1. admits waiting jobs (up to ``max_batch`` rows): each prompt is prefilled alone, unpadded, and its cache is
-     merged into the running batch by padding the shorter caches with zeros (masked out);
+  1. admits waiting jobs (up to ``max_batch`` rows): each prompt is prefilled alone, unpadded, and joins the
+     running batch as its last row;
   2. runs one decode step for all rows, each row with its own cache length (hence mask and positions), sampling
      settings and random generator, so a row's tokens do not depend on what else is in the batch;
-  3. drops finished or cancelled rows from the cache and trims cache columns no remaining row uses.
-The side the padding goes (left for graphs exported from PyTorch, right for onnxruntime-genai builder graphs)
-is the graph's `CacheLayout`; nothing else here differs between them. A model whose graph cannot be told each
-row's length (no ``attention_mask``, or a left-padded one without ``position_ids``) runs one job at a time.
+  3. drops finished or cancelled rows from the cache.
+Where the cache lives and how rows of different lengths share it is the `kv_cache`'s business (numpy arrays
+padded on the graph's side, or preallocated buffers the builder graphs' attention writes in place); nothing
+here differs between them. A model whose graph cannot be told each row's length (no ``attention_mask``, or a
+left-padded one without ``position_ids``) runs one job at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from adamix_deploy.serving.engine.cache_layout import CacheLayout
+from adamix_deploy.serving.engine.kv_cache import open_cache
 from adamix_deploy.serving.engine.results import Failed, Finished, GenerationEvent, TextDelta
 from adamix_deploy.serving.engine.sampling import SamplingParams, next_token
 from adamix_deploy.serving.engine.text import IncrementalDecoder
@@ -41,6 +43,7 @@ class GenerationJob:
     stop: list[str]
     emit: Callable[[GenerationEvent], None]  # called on the engine thread; must be thread-safe
     cancelled: threading.Event = field(default_factory=threading.Event)
+    adapter: str | None = None  # on a multi-adapter base: the adapter this job's rows run with
 
 
 class QueueFull(Exception):
@@ -69,28 +72,28 @@ class GenerationEngine:
         on_step: Callable[[int], None] | None = None,
         on_tokens: Callable[[int], None] | None = None,
         run_options: ort.RunOptions | None = None,
+        row_inputs: Callable[[list[str | None]], dict[str, np.ndarray]] | None = None,
+        shared_buffers: bool | None = None,
     ):
-        """``run_options``: an onnxruntime LoRA adapter's. Every row of this engine runs with it: adapters
-        sharing one base graph each have their own engine, so a step never mixes two adapters' rows."""
-        inputs = {i.name: i for i in session.get_inputs()}
+        """``run_options``: an onnxruntime LoRA adapter's, active for every row. ``row_inputs``: extra feeds of
+        one call from the adapters of its rows in batch order (a multi-adapter base: `serving.adapters.stack`),
+        so rows of different adapters share a step. ``shared_buffers``: the cache kind (`kv_cache.open_cache`;
+        None picks the fastest the graph allows)."""
+        layout = CacheLayout.of(session)
         self.session = session
-        self.run_options = run_options
         self.tokenizer = tokenizer
         self.eos = eos_token_ids
-        self.layout = CacheLayout.of(session)
-        self.can_pad = self.layout.can_pad
+        self.can_pad = layout.can_pad
         self.max_batch = max_batch if self.can_pad else 1
         self.max_queue = max_queue
         self.on_step = on_step or (lambda batch_size: None)
         self.on_tokens = on_tokens or (lambda n: None)
-        self._inputs = inputs
-        self._outputs = [o.name for o in session.get_outputs()]
+        self.row_inputs = row_inputs
+        self.cache = open_cache(session, self.max_batch, run_options, shared_buffers)
         self._pending: deque[GenerationJob] = deque()
         self._cv = threading.Condition()
         self._stopping = False
-        self._rows: list[_Row] = []
-        self._past: dict[str, np.ndarray] = {}  # the batch's cache: rows in self._rows' order, _width columns
-        self._width = 0
+        self._rows: list[_Row] = []  # in the cache's batch order
         self._thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
 
     # -- the side the HTTP handlers use ------------------------------------------------------------------
@@ -131,7 +134,7 @@ class GenerationEngine:
                 while self._pending and len(self._rows) + len(admitted) < self.max_batch:
                     admitted.append(self._pending.popleft())
             for job in admitted:
-                # a failed admission ends that job only: _admit changes the batch state only once it succeeded
+                # a failed admission ends that job only: the cache's batch changes only once a prefill succeeded
                 self._guarded([job], lambda job=job: self._admit(job), drops_batch=False)
             if self._rows:
                 self._guarded([r.job for r in self._rows], self._step, drops_batch=True)
@@ -144,50 +147,35 @@ class GenerationEngine:
             for job in jobs:
                 job.emit(Failed(f"generation failed: {type(e).__name__}: {e}"))
             if drops_batch:  # a failed step leaves no usable cache: every row in it has been told
-                self._rows, self._past, self._width = [], {}, 0
+                self._rows = []
+                self.cache.clear()
 
-    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feed = {k: v for k, v in feed.items() if k in self._inputs}
-        return dict(zip(self._outputs, self.session.run(self._outputs, feed, self.run_options), strict=True))
+    def _extra(self, rows: list[GenerationJob]) -> dict[str, np.ndarray] | None:
+        return self.row_inputs([job.adapter for job in rows]) if self.row_inputs else None
 
     def _admit(self, job: GenerationJob) -> None:
         if job.cancelled.is_set():
             return
-        layout, n = self.layout, len(job.prompt_ids)
-        feed = {**layout.empty(), **layout.token_feed(np.asarray([job.prompt_ids], dtype=np.int64), [0], 0)}
-        out = self._run(feed)
+        self.cache.reserve(len(job.prompt_ids) + job.max_new_tokens)
+        logits = self.cache.prefill(job.prompt_ids, self._extra([job]))
         self.on_step(1)
         row = _Row(job, self.tokenizer)
-        if self._accept(row, out["logits"][0, -1]):
+        if self._accept(row, logits):
             return
-        presents = layout.presents(out)
-        if not self._rows:
-            past, width = presents, n
-        else:
-            width = max(self._width, n)
-            past = {
-                k: np.concatenate([layout.pad(self._past[k], width), layout.pad(v, width)])
-                for k, v in presents.items()
-            }
-        self._past, self._width = past, width
+        self.cache.join()
         self._rows.append(row)
 
     def _step(self) -> None:
-        rows, layout = self._rows, self.layout
+        rows = self._rows
         lengths = np.asarray([r.length for r in rows], dtype=np.int64)
-        ids = np.asarray([[r.last_token] for r in rows], dtype=np.int64)
-        out = self._run({**layout.token_feed(ids, lengths, self._width), **self._past})
+        tokens = np.asarray([r.last_token for r in rows], dtype=np.int64)
+        logits = self.cache.step(tokens, lengths, self._extra([r.job for r in rows]))
         self.on_step(len(rows))
         for row in rows:
             row.length += 1  # last_token is in the cache now
-        keep = [i for i, row in enumerate(rows) if not self._accept(row, out["logits"][i, -1])]
+        keep = [i for i, row in enumerate(rows) if not self._accept(row, logits[i])]
         self._rows = [rows[i] for i in keep]
-        if not keep:
-            self._past, self._width = {}, 0
-            return
-        index = np.asarray(keep)
-        self._width = max(rows[i].length for i in keep)  # columns only finished rows used are dropped
-        self._past = {k: layout.trim(v[index], self._width) for k, v in layout.presents(out).items()}
+        self.cache.keep(keep, [rows[i].length for i in keep])
 
     def _accept(self, row: _Row, logits: np.ndarray) -> bool:
         """Choose and emit the row's next token. True when the row is finished (or was cancelled)."""

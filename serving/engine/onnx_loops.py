@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from adamix_deploy.serving.engine.cache_layout import CacheLayout
+from adamix_deploy.serving.engine.kv_cache import open_cache
 
 
 def open_session(
@@ -57,29 +58,26 @@ def greedy_generate(
     max_new_tokens: int,
     eos_token_id: int | None,
     run_options: ort.RunOptions | None = None,
+    shared_buffers: bool | None = None,
 ) -> tuple[list[int], np.ndarray]:
-    """Greedy decoding of one prompt with the exported key/value cache. Returns the new token ids (up to
-    and excluding eos) and the logits of the first step (for parity checks)."""
-    layout = CacheLayout.of(session)
-    feed = layout.empty()
-    ids = np.asarray([prompt_ids], dtype=np.int64)
-    length = 0  # entries in the cache
+    """Greedy decoding of one prompt with the exported key/value cache, through the cache the server uses
+    (`kv_cache.open_cache`; ``shared_buffers`` forces one kind). Returns the new token ids (up to and excluding
+    eos) and the logits of the first step (for parity checks)."""
+    cache = open_cache(session, 1, run_options, shared_buffers)
+    cache.reserve(len(prompt_ids) + max_new_tokens)
+    logits = cache.prefill(prompt_ids).astype(np.float32)
+    cache.join()
+    first_logits, length = logits, len(prompt_ids)
     generated: list[int] = []
-    first_logits = None
-    output_names = [o.name for o in session.get_outputs()]
-    for _ in range(max_new_tokens):
-        feed.update(layout.token_feed(ids, np.asarray([length]), length))
-        outputs = dict(zip(output_names, session.run(output_names, feed, run_options), strict=True))
-        logits = outputs["logits"][0, -1].astype(np.float32)
-        if first_logits is None:
-            first_logits = logits
+    for step in range(max_new_tokens):
         token = int(logits.argmax())
         if token == eos_token_id:
             break
         generated.append(token)
-        feed.update(layout.presents(outputs))
-        length += ids.shape[1]
-        ids = np.asarray([[token]], dtype=np.int64)
+        if step + 1 == max_new_tokens:
+            break
+        logits = cache.step(np.asarray([token]), np.asarray([length]))[0].astype(np.float32)
+        length += 1
     return generated, first_logits
 
 
