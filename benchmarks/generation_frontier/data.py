@@ -20,6 +20,7 @@ CHECKPOINT = FRONTIER / "ckpt"
 EXPORT = FRONTIER / "export"  # adamix-export --merge CHECKPOINT (builder fp32 graph + merged/ HF folder)
 PROMPTS = FRONTIER / "prompts.json"  # [[token ids], ...] one per test MR
 REFERENCES = FRONTIER / "references.json"  # [[reference, ...], ...] in the same order
+MRS = FRONTIER / "mrs.json"  # the MR texts (what a client of the server sends), in the same order
 QUALITY = RESULTS / "frontier_quality.jsonl"  # one line per backend x precision: its greedy outputs (ids)
 SPEED = RESULTS / "frontier_speed.jsonl"  # one line per backend x precision x setting: tokens/s, latency, RSS
 THREADS = 2
@@ -38,10 +39,22 @@ def write_test_set() -> None:
     tokenizer = Tokenizer.from_file(str(EXPORT / "tokenizer.json"))
     PROMPTS.write_text(json.dumps([tokenizer.encode(template.format(prompt=mr)).ids for mr, _ in test]))
     REFERENCES.write_text(json.dumps([refs for _, refs in test]))
+    MRS.write_text(json.dumps([mr for mr, _ in test]))
 
 
 def prompts() -> list[list[int]]:
     return json.loads(PROMPTS.read_text())
+
+
+def mrs() -> list[str]:
+    return json.loads(MRS.read_text())
+
+
+def eos_ids() -> frozenset[int]:
+    """The export's end-of-sequence ids, as the server reads them."""
+    from adamix_deploy.serving.engine.model_folder import read_model_folder
+
+    return read_model_folder(EXPORT, "fp32").eos_token_ids
 
 
 def references() -> list[list[str]]:
