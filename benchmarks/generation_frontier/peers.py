@@ -255,7 +255,10 @@ def main() -> None:
         else:
             print(f"skipped: {MISSING[peer]}", flush=True)
     if "llama" in peers and (options.step == "convert" or len(arms("llama", options.export)) < len(GGUF_TYPES)):
-        convert(options.export)
+        try:
+            convert(options.export)
+        except ChildFailed as e:
+            print(f"FAILED convert: {str(e).strip().splitlines()[-1]}", flush=True)
     if options.step == "decode":
         decode(peers, options.export, options.prompts, run)
     elif options.step == "speed":
