@@ -21,6 +21,13 @@ them, `labels` is None), and each adapter is a folder of its own that is added w
       adapters/<name>/adapter.onnx_adapter    the tensors (onnxruntime's AdapterFormat)
       adapters/<name>/adapter_manifest.json   `AdapterManifest`: task, labels, merge, parity, source
 
+A generation base whose adapters are LoRA on 3-D MatMuls also has a multi-adapter graph, in which each row of a
+batch runs its own adapter; it reads the base graph's weights file, so model.onnx is then written with
+external data:
+
+      model.onnx.data                 the weights of both graphs
+      model_multi_adapter.onnx        LoRA factors as stacks (slots x in x rank) and adapter_index, one slot per row
+
 A leaf module: it imports neither torch nor onnxruntime nor any stage, so every stage may import it.
 """
 
@@ -57,6 +64,11 @@ ADAPTERS_FOLDER = "adapters"
 ADAPTER_FILE = "adapter.onnx_adapter"
 ADAPTER_MANIFEST_NAME = "adapter_manifest.json"
 ADAPTER_FORMAT = "adamix-onnx-adapter"
+# the multi-adapter graph of a generation base: each LoRA input {m}.lora_a becomes {m}.lora_a.stack (every
+# adapter's factors, one slot each) gathered by adapter_index (one slot per row of the batch)
+MULTI_ADAPTER_FILE = "model_multi_adapter.onnx"
+ADAPTER_INDEX_INPUT = "adapter_index"
+ADAPTER_STACK_SUFFIX = ".stack"
 # an adapter's name is a folder name and a model name in URLs: letters, digits, '.', '_', '-'
 ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # A new adapter base's LoRA inputs: the family's default LoRA layers, or every linear layer of the body
@@ -125,7 +137,10 @@ class AdapterBaseInfo:
     """What makes a folder a base for adapters: the graph inputs an adapter feeds, and the graph's digest."""
 
     inputs: list[dict]  # exporters.ort_adapters.AdapterInput fields: name, kind, module, shape, transposed
-    model_sha256: str  # of model.onnx: every adapter records the base it was made for
+    model_sha256: str  # of model.onnx (and its weights file): every adapter records the base it was made for
+    # MULTI_ADAPTER_FILE when the base has one, else why not (None in both: a base written before them)
+    multi_adapter_file: str | None = None
+    multi_adapter_absent: str | None = None
 
 
 @dataclass(frozen=True)

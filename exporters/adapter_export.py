@@ -48,7 +48,9 @@ from adamix_deploy.contracts.export_folder import (
     ADAPTER_MANIFEST_NAME,
     ADAPTER_NAME_PATTERN,
     ADAPTERS_FOLDER,
+    EXTERNAL_DATA_SUFFIX,
     MANIFEST_NAME,
+    MULTI_ADAPTER_FILE,
     ONNX_FILES,
     AdapterBaseInfo,
     AdapterManifest,
@@ -57,12 +59,22 @@ from adamix_deploy.contracts.export_folder import (
     OnnxInfo,
     read_manifest,
     sha256_file,
+    sha256_folder,
     write_manifest,
 )
 from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
 from adamix_deploy.exporters.onnx_export import export_onnx
 from adamix_deploy.exporters.optimize import optimize_adapter_base
-from adamix_deploy.exporters.ort_adapters import BOTTLENECK, HEAD, LORA_A, LORA_B, AdapterInput, ReplacedTensor
+from adamix_deploy.exporters.ort_adapters import (
+    BOTTLENECK,
+    HEAD,
+    LORA_A,
+    LORA_B,
+    AdapterInput,
+    ReplacedTensor,
+    multi_adapter_graph,
+    multi_adapter_refusal,
+)
 from adamix_deploy.exporters.parity import ParityError, check_classification, check_generation, parity_inputs
 from adamix_deploy.exporters.pipeline import keep_export_files, mixture_info, onnxruntime_version, source_info
 from adamix_deploy.importers import detect_and_load
@@ -276,6 +288,10 @@ def write_base(
             lora_weights, replaced,
         )  # fmt: skip
         keep_export_files(raw, tmp)
+        multi_file, multi_absent = write_multi_adapter(tmp, inputs)
+        graphs = (
+            [ONNX_FILES["fp32"], ONNX_FILES["fp32"] + EXTERNAL_DATA_SUFFIX] if multi_file else [ONNX_FILES["fp32"]]
+        )
 
         mixture = config.mixture
         manifest = Manifest(
@@ -294,10 +310,34 @@ def write_base(
             source=source_info(ckpt, ckpt.folder),
             export_seconds=round(time.perf_counter() - started, 1),
             adapter_base=AdapterBaseInfo(
-                inputs=[asdict(i) for i in inputs], model_sha256=sha256_file(tmp / ONNX_FILES["fp32"])
+                inputs=[asdict(i) for i in inputs],
+                # with external data model.onnx holds no weights: the digest covers them too
+                model_sha256=sha256_folder(tmp, graphs) if multi_file else sha256_file(tmp / ONNX_FILES["fp32"]),
+                multi_adapter_file=multi_file,
+                multi_adapter_absent=multi_absent,
             ),
         )
         write_manifest(tmp, manifest)
+
+
+def write_multi_adapter(folder: Path, inputs: list[AdapterInput]) -> tuple[str | None, str | None]:
+    """Beside the base graph of ``folder``, its multi-adapter graph (`ort_adapters.multi_adapter_graph`) when
+    it can have one, reading the same weights: the base graph is written again with external data, so that N
+    adapters cost one base on disk and in memory. Returns (the file's name, None), or (None, why not)."""
+    import onnx
+
+    base_file = folder / ONNX_FILES["fp32"]
+    model = onnx.load(base_file)
+    absent = multi_adapter_refusal(model, inputs)
+    if absent:
+        return None, absent
+    onnx.save_model(model, base_file, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=base_file.name + EXTERNAL_DATA_SUFFIX, size_threshold=1024)  # fmt: skip
+    # onnx creates the weights file owner-only; a server running as another user reads it like model.onnx
+    (folder / (base_file.name + EXTERNAL_DATA_SUFFIX)).chmod(base_file.stat().st_mode & 0o777)
+    # save_model moved the weights out of the proto in memory too: the copy refers to the same file
+    onnx.save_model(multi_adapter_graph(model, inputs), folder / MULTI_ADAPTER_FILE)
+    return MULTI_ADAPTER_FILE, None
 
 
 def _check_base(base: Manifest, config: CheckpointConfig, folder: Path) -> None:

@@ -21,6 +21,14 @@ equal tensors once (every all-zero bias of a model as one initializer): so each 
 one initializer, used by that layer alone, and the caller gives each replaced tensor a value of its own
 (`adapter_export._mark_replaced`); an input put in place of a shared initializer would feed every layer that
 shares it.
+
+A generation base whose adapter inputs are all LoRA pairs on 3-D MatMuls also gets a multi-adapter graph
+(`multi_adapter_graph`), in which each row of a batch picks its own adapter: every ``{m}.lora_a`` input is
+replaced by a stack of every loaded adapter's factors, ``{m}.lora_a.stack`` (slots x in x rank, ranks padded
+with zeros to one width), and a ``Gather`` of the rows' slots (``adapter_index``, one per row) whose output keeps
+the name ``{m}.lora_a`` (batch x in x rank); likewise ``lora_b``. The branch nodes stay as they are: a MatMul of
+x (batch x seq x in) by per-row factors (batch x in x rank) multiplies each row by its own. Zero columns of a
+and zero rows of b add nothing, so the padding is exact.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from adamix_deploy.contracts.errors import AdamixError
+from adamix_deploy.contracts.export_folder import ADAPTER_INDEX_INPUT, ADAPTER_STACK_SUFFIX
 
 LORA_A, LORA_B, HEAD, BOTTLENECK = "lora_a", "lora_b", "head", "bottleneck"
 
@@ -158,6 +167,79 @@ def add_adapter_inputs(
             if output.name == "logits" and len(dims) == 2:
                 dims[1].dim_param = "labels"
     return inputs
+
+
+def multi_adapter_refusal(model: onnx.GraphProto | onnx.ModelProto, inputs: list[AdapterInput]) -> str | None:
+    """Why the base graph ``model`` (rewritten by `add_adapter_inputs`, with these ``inputs``) gets no
+    multi-adapter graph, or None when it can. A head or bottleneck tensor is a whole tensor of each adapter's
+    own shape, not a per-row factor; a Gemm takes 2-D x (GPT-2's attention output: rows and positions flattened
+    into one axis), so a row cannot pick its factors there."""
+    graph = model.graph if isinstance(model, onnx.ModelProto) else model
+    whole = sorted({i.kind for i in inputs if i.kind not in (LORA_A, LORA_B)})
+    if whole:
+        return f"it takes {' and '.join(whole)} inputs (whole tensors of each adapter's shape, not LoRA factors)"
+    if not inputs:
+        return "it takes no LoRA inputs"
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for item in inputs:
+        if item.kind != LORA_A:
+            continue
+        target = _lora_target(item.name, producers, consumers)
+        if target is None or target.op_type != "MatMul":
+            kind = f"a {target.op_type}" if target is not None else "a layer not found"
+            return (
+                f"its LoRA on {item.module} adds to {kind}, not a 3-D MatMul: a row cannot pick its factors there"
+            )
+    return None
+
+
+def _lora_target(a_name: str, producers: dict, consumers: dict) -> onnx.NodeProto | None:
+    """The projection whose output a LoRA branch adds to: ``a`` -> MatMul(x·a) -> MatMul(·b) -> Add(base, ·)."""
+    chain = consumers.get(a_name, [])
+    if len(chain) != 1 or chain[0].op_type != "MatMul":
+        return None
+    xab = consumers.get(chain[0].output[0], [])
+    if len(xab) != 1:
+        return None
+    add = consumers.get(xab[0].output[0], [])
+    if len(add) != 1 or add[0].op_type != "Add":
+        return None
+    return producers.get(add[0].input[0])
+
+
+def multi_adapter_graph(model: onnx.ModelProto, inputs: list[AdapterInput]) -> onnx.ModelProto:
+    """A copy of the base graph ``model`` in which rows of one batch run different adapters (see the module
+    docstring); ``model`` is left as it is. Its initializers stay as they are, external data references
+    included, so a copy of a base saved with external data reads the same weights file. The caller has checked
+    `multi_adapter_refusal`."""
+    multi = onnx.ModelProto()
+    multi.CopyFrom(model)
+    graph = multi.graph
+    lora = {i.name: i for i in inputs if i.kind in (LORA_A, LORA_B)}
+    kept = [i for i in graph.input if i.name not in lora]
+    del graph.input[:]
+    graph.input.extend(kept)
+    defaults = [i for i in graph.initializer if i.name not in lora]  # the empty defaults go with the inputs
+    del graph.initializer[:]
+    graph.initializer.extend(defaults)
+    graph.input.append(helper.make_tensor_value_info(ADAPTER_INDEX_INPUT, TensorProto.INT64, ["batch_size"]))
+    gathers = []
+    for name, item in sorted(lora.items()):
+        # in x rank or rank x out, one rank for every module: the stacks pad each adapter to the widest
+        shape = [item.shape[0], "adapter_rank"] if item.kind == LORA_A else ["adapter_rank", item.shape[1]]
+        stack = name + ADAPTER_STACK_SUFFIX
+        graph.input.append(helper.make_tensor_value_info(stack, TensorProto.FLOAT, ["adapter_slots", *shape]))
+        gathers.append(helper.make_node("Gather", [stack, ADAPTER_INDEX_INPUT], [name], name=f"{name}/gather",
+                                        axis=0))  # fmt: skip
+    # first, so that producers come before their consumers as ONNX requires
+    nodes = [*gathers, *graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return multi
 
 
 def _is_projection(node: onnx.NodeProto, weight: str, transposed: bool) -> bool:
