@@ -5,6 +5,10 @@ before it binds its port, so a broken folder stops it with one clear line; sessi
 afterwards, while ``/health`` already answers and ``/ready`` says "loading".
 Nothing here imports torch or transformers: the folder's ``tokenizer.json`` is read by the ``tokenizers``
 library and the model runs in onnxruntime.
+
+Adapters of a base open its graph once. A generation base with a multi-adapter graph opens that one instead and
+puts each adapter's factors in a slot of its `AdapterStack`, so rows of different adapters share a call; any
+other base keeps one onnxruntime adapter (`ActiveAdapter`, run options) per adapter, one adapter per call.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
@@ -27,6 +32,7 @@ from adamix_deploy.contracts.export_folder import (
     EXTERNAL_DATA_SUFFIX,
     GENERATION_CONFIG_FILE,
     MODEL_CONFIG_FILE,
+    MULTI_ADAPTER_FILE,
     TOKENIZER_CONFIG_FILE,
     TOKENIZER_FILE,
     ExportFolderError,
@@ -37,6 +43,8 @@ from adamix_deploy.contracts.export_folder import (
     read_manifest,
 )
 from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
+from adamix_deploy.serving.engine.adapter_stack import AdapterStack, read_factors
+from adamix_deploy.serving.engine.cache_layout import CacheLayout
 from adamix_deploy.serving.engine.onnx_loops import ActiveAdapter, classify_logits, greedy_generate, open_session
 from adamix_deploy.serving.engine.text import encode_for_classification, pad_batch
 
@@ -69,11 +77,18 @@ class ServedModel:
     base: ServedModel | None = None
     adapter_file: Path | None = None
     active_adapter: ActiveAdapter | None = None
+    # a base whose onnx_file is its multi-adapter graph: every adapter's factors, one slot each (set by load)
+    stack: AdapterStack | None = None
 
     @property
     def is_adapter_base(self) -> bool:
         """A base graph for adapters: not served itself (a classifier base has no head), its adapters are."""
         return self.manifest.adapter_base is not None and self.base is None
+
+    @property
+    def adapter_stack(self) -> AdapterStack | None:
+        """The stack this adapter has a slot in: its rows share calls with its base's other adapters."""
+        return self.base.stack if self.base is not None else None
 
     @property
     def run_options(self) -> ort.RunOptions | None:
@@ -101,10 +116,17 @@ class ServedModel:
                     self.base.load(threads, gpu)
             self.session, self.providers = self.base.session, self.base.providers
             try:
-                self.active_adapter = ActiveAdapter(self.adapter_file)
+                if self.adapter_stack is not None:
+                    self.adapter_stack.add(self.name, read_factors(self.adapter_file))
+                else:
+                    self.active_adapter = ActiveAdapter(self.adapter_file)
             except Exception as e:  # onnxruntime's own types; its message is what the user needs
                 raise ModelFolderError(f"{self.path}: {ADAPTER_FILE} does not load in onnxruntime: {e}") from e
-            self._warm_up()
+            try:
+                self._warm_up()
+            except Exception:
+                self.unload()
+                raise
             self.load_seconds = round(time.perf_counter() - start, 3)
             log.info("%s: adapter of %s loaded in %.2f s", self.name, self.base.name, self.load_seconds)
             return
@@ -119,11 +141,18 @@ class ServedModel:
         except Exception as e:  # onnxruntime raises its own types; the message is what the user needs
             raise ModelFolderError(f"{self.path}: {self.onnx_file} does not load in onnxruntime: {e}") from e
         self.providers = self.session.get_providers()
+        if self.onnx_file == MULTI_ADAPTER_FILE:
+            self.stack = AdapterStack(self.manifest.adapter_base.inputs)
         if gpu and self.providers[0] != "CUDAExecutionProvider":
             log.warning("%s: CUDA was asked for but the session fell back to %s", self.name, self.providers[0])
         self._warm_up()
         self.load_seconds = round(time.perf_counter() - start, 3)
         log.info("%s: %s loaded on %s in %.2f s", self.name, self.onnx_file, self.providers[0], self.load_seconds)
+
+    def unload(self) -> None:
+        """An adapter on a stack gives its slot back; call it once no request runs on it."""
+        if self.adapter_stack is not None:
+            self.adapter_stack.remove(self.name)
 
     def _warm_up(self) -> None:
         """One real call, so the first request does not pay for onnxruntime's lazy initialisation."""
@@ -140,7 +169,15 @@ class ServedModel:
                 )
         else:
             prompt = self.tokenizer.encode("warm up").ids or [self.pad_token_id]
-            greedy_generate(self.session, prompt, 2, None, self.run_options)
+            stack = self.stack or self.adapter_stack
+            if stack is None:
+                greedy_generate(self.session, prompt, 2, None, self.run_options)
+                return
+            # the multi-adapter graph: one prefill with this adapter's slot (the base's: slot 0, no adapter)
+            layout, names = CacheLayout.of(self.session), {i.name for i in self.session.get_inputs()}
+            feed = {**layout.empty(), **layout.token_feed(np.asarray([prompt], dtype=np.int64), np.asarray([0]), 0),
+                    **stack.row_inputs([self.name if self.base is not None else None])}  # fmt: skip
+            self.session.run(["logits"], {k: v for k, v in feed.items() if k in names})
 
     def public_card(self) -> dict:
         """What ``GET /v1/models`` says about this model: taken from the manifest, never recomputed."""
@@ -181,7 +218,11 @@ def read_model_folder(path: str | Path, precision: str = "fp32", name: str | Non
         raise ModelFolderError(f"{path}: {e}") from None
     weights = onnx_file + EXTERNAL_DATA_SUFFIX  # a graph with external data (the model builder's) reads it
     external = [weights] if weights in manifest.files or (path / weights).exists() else []
-    _check_files(path, manifest, [onnx_file, *external, TOKENIZER_FILE, MODEL_CONFIG_FILE])
+    multi = manifest.adapter_base.multi_adapter_file if manifest.adapter_base else None
+    _check_files(path, manifest, [onnx_file, *external, *([multi] if multi else []), TOKENIZER_FILE,
+                                  MODEL_CONFIG_FILE])  # fmt: skip
+    if multi:
+        onnx_file = multi  # its adapters run on the multi-adapter graph, which reads the base graph's weights
     config = _read_json(path, MODEL_CONFIG_FILE)
     tokenizer_config = _read_json(path, TOKENIZER_CONFIG_FILE) if (path / TOKENIZER_CONFIG_FILE).exists() else {}
     try:
@@ -248,6 +289,7 @@ def read_adapter(base: ServedModel, folder: str | Path, name: str | None = None)
     return replace(
         base, name=name or adapter.name, path=folder, manifest=adapter_view(base.manifest, adapter), session=None,
         providers=[], load_seconds=None, base=base, adapter_file=folder / ADAPTER_FILE, active_adapter=None,
+        stack=None,
     )  # fmt: skip
 
 
@@ -255,10 +297,7 @@ def _check_adapter_tensors(folder: Path, inputs: list[dict], task: str, labels: 
     """The adapter file reads, every tensor is a base input of a shape it takes, LoRA pairs share a rank, and a
     classifier head has one output per label."""
     try:
-        tensors = {
-            k: v.numpy()
-            for k, v in ort.AdapterFormat.read_adapter(str(folder / ADAPTER_FILE)).get_parameters().items()
-        }
+        tensors = read_factors(folder / ADAPTER_FILE)
     except Exception as e:  # a missing, truncated or foreign file
         raise ModelFolderError(f"{folder}: {ADAPTER_FILE} does not read as an onnxruntime adapter: {e}") from None
     by_name = {i["name"]: i for i in inputs}

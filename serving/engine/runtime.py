@@ -3,16 +3,22 @@
 The HTTP routes and the in-process demo both call `ModelRuntime.classify` and `ModelRuntime.generate`; limits
 (token limits, the new-token cap, the queue, the timeout) are enforced here, so every caller gets the same
 answers and the same errors (`ServeError`).
+
+The adapters of a base with a multi-adapter graph (`model_folder`) share one `GenerationEngine`, built by the
+first of their runtimes and stopped with the last: its rows name their adapter and each call gets the rows'
+slots from the base's `AdapterStack`, so a step decodes every adapter's rows together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adamix_deploy.contracts.tasks import SEQUENCE_TASKS
+from adamix_deploy.serving.engine.adapter_stack import AdapterStack
 from adamix_deploy.serving.engine.batching import Batcher, BatcherFactory, ClassificationBatcher
 from adamix_deploy.serving.engine.generation import GenerationEngine, GenerationJob, QueueFull
 from adamix_deploy.serving.engine.model_folder import ServedModel
@@ -43,6 +49,16 @@ class ServerSettings:
     threads: int | None = None
     gpu: bool = False
     api_keys: tuple[str, ...] = ()
+
+
+@dataclass
+class _SharedEngine:
+    engine: GenerationEngine
+    users: set[str] = field(default_factory=set)  # the runtimes of the base's adapters on it
+
+
+# a multi-adapter base's engine, by its stack (the base's, one per loaded base)
+_SHARED_ENGINES: weakref.WeakKeyDictionary[AdapterStack, _SharedEngine] = weakref.WeakKeyDictionary()
 
 
 class ModelRuntime:
@@ -83,6 +99,8 @@ class ModelRuntime:
                 on_batch=self._record_batch, run_options=m.run_options,
             )  # fmt: skip
             self.batcher.start()
+        elif m.adapter_stack is not None:
+            self.engine = self._join_shared_engine(m.adapter_stack)
         else:
             self.engine = GenerationEngine(
                 m.session, m.tokenizer, m.eos_token_ids, s.max_generation_batch, s.max_queue, name,
@@ -91,6 +109,38 @@ class ModelRuntime:
             )  # fmt: skip
             self.engine.start()
         self.metrics.queue_depth.labels(name).set_function(lambda: self.queue_depth)
+
+    def _join_shared_engine(self, stack: AdapterStack) -> GenerationEngine:
+        """The base's one engine, started by its first adapter; its batch-size and token metrics go under the
+        base's name, since a step holds rows of several adapters."""
+        shared = _SHARED_ENGINES.get(stack)
+        if shared is None:
+            m, s, base = self.model, self.settings, self.model.base.name
+            engine = GenerationEngine(
+                m.session, m.tokenizer, m.eos_token_ids, s.max_generation_batch, s.max_queue, base,
+                on_step=self.metrics.batch_size.labels(base).observe,
+                on_tokens=self.metrics.generated_tokens.labels(base).inc, row_inputs=stack.row_inputs,
+            )  # fmt: skip
+            engine.start()
+            shared = _SHARED_ENGINES[stack] = _SharedEngine(engine)
+        shared.users.add(self.name)
+        return shared.engine
+
+    async def _leave_shared_engine(self, stack: AdapterStack) -> None:
+        """Stop the engine when this is its last adapter (it finishes every job first); else let this adapter's
+        requests finish on it. Then free the adapter's slot: no row still reads it."""
+        shared = _SHARED_ENGINES.get(stack)
+        if shared is not None and shared.engine is self.engine:
+            shared.users.discard(self.name)
+            if shared.users:
+                try:
+                    await asyncio.wait_for(self._idle.wait(), self.settings.request_timeout_s)
+                except TimeoutError:
+                    pass  # a request still waiting has timed out by now: its rows are cancelled
+            else:
+                del _SHARED_ENGINES[stack]
+                await asyncio.to_thread(self.engine.stop)
+        self.model.unload()
 
     async def drain_and_stop(self, timeout_s: float) -> bool:
         """Stop once the requests already inside have finished (at most ``timeout_s``); the caller has stopped
@@ -115,8 +165,12 @@ class ModelRuntime:
     async def stop(self) -> None:
         if self.batcher:
             await self.batcher.stop()
-        if self.engine:
+        if self.engine and self.model.adapter_stack is not None:
+            await self._leave_shared_engine(self.model.adapter_stack)
+        elif self.engine:
             await asyncio.to_thread(self.engine.stop)
+        else:
+            self.model.unload()  # loaded, then the scheduler failed to start: a slot to give back
 
     @property
     def queue_depth(self) -> int:
@@ -220,7 +274,8 @@ class ModelRuntime:
 
         if seed is None and params.temperature > 0:
             seed = int.from_bytes(os.urandom(8), "little") >> 1
-        job = GenerationJob(prompt_ids, max_new_tokens, params, seed, list(stop or []), emit)
+        adapter = self.name if self.model.adapter_stack is not None else None  # its slot in the shared engine
+        job = GenerationJob(prompt_ids, max_new_tokens, params, seed, list(stop or []), emit, adapter=adapter)
         try:
             self.engine.submit(job)
         except QueueFull:
