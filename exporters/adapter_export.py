@@ -75,7 +75,14 @@ from adamix_deploy.exporters.ort_adapters import (
     multi_adapter_graph,
     multi_adapter_refusal,
 )
-from adamix_deploy.exporters.parity import ParityError, check_classification, check_generation, parity_inputs
+from adamix_deploy.exporters.parity import (
+    DecoderStage,
+    ParityError,
+    check_classification,
+    check_generation,
+    generation_parity,
+    parity_inputs,
+)
 from adamix_deploy.exporters.pipeline import keep_export_files, mixture_info, onnxruntime_version, source_info
 from adamix_deploy.importers import detect_and_load
 from adamix_deploy.inject import FAMILY_TARGETS, matching_modules, set_submodule
@@ -149,6 +156,9 @@ def export_adapter(
         except ParityError as e:
             raise ParityError(f"{e}; is this checkpoint's base model the one {base_folder} was made from "
                               f"({base.base_model.name})?") from None  # fmt: skip
+        if base.adapter_base.multi_adapter_file:
+            parity["multi_adapter"] = check_multi_adapter(base_folder, tmp / ADAPTER_FILE, ckpt.tokenizer, samples,
+                                                          tolerance, greedy_steps)  # fmt: skip
         manifest = AdapterManifest(
             name=name,
             task=task,
@@ -338,6 +348,72 @@ def write_multi_adapter(folder: Path, inputs: list[AdapterInput]) -> tuple[str |
     # save_model moved the weights out of the proto in memory too: the copy refers to the same file
     onnx.save_model(multi_adapter_graph(model, inputs), folder / MULTI_ADAPTER_FILE)
     return MULTI_ADAPTER_FILE, None
+
+
+def check_multi_adapter(
+    base_folder: Path, adapter_file: Path, tokenizer, prompts: list[str], tolerance: float, steps: int
+) -> dict:
+    """The adapter in a slot of the base's multi-adapter graph (as the server stacks it) against the base graph
+    with the adapter active by run options (the reference here, itself checked against PyTorch): the same
+    greedy tokens, and logits along them within ``tolerance`` (`parity.generation_parity`)."""
+    from adamix_deploy.serving.engine.adapter_stack import AdapterStack, read_factors
+    from adamix_deploy.serving.engine.onnx_loops import (
+        ActiveAdapter,
+        greedy_generate,
+        open_session,
+        sequence_logits,
+    )
+
+    info = read_manifest(base_folder).adapter_base
+    stack = AdapterStack(info.inputs)
+    stack.add("checked", read_factors(adapter_file))
+    extra = stack.row_inputs(["checked"])
+    single, multi = (
+        open_session(base_folder / ONNX_FILES["fp32"]),
+        open_session(base_folder / info.multi_adapter_file),
+    )
+    active, eos = ActiveAdapter(adapter_file), tokenizer.eos_token_id  # alive in this frame while the stages run
+    stages = {
+        "onnx_fp32_adapter": DecoderStage(
+            greedy=lambda prompt: greedy_generate(single, prompt, steps, eos, active.run_options)[0],
+            logits=lambda sequence: sequence_logits(single, sequence, active.run_options),
+        ),
+        "onnx_fp32_multi_adapter": DecoderStage(
+            greedy=lambda prompt: _greedy_with(multi, prompt, steps, eos, extra),
+            logits=lambda sequence: _logits_with(multi, sequence, extra),
+        ),
+    }
+    ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    return generation_parity(stages, ids, set(), tolerance, steps)
+
+
+def _greedy_with(session, prompt: list[int], steps: int, eos: int | None, extra: dict) -> list[int]:
+    """`onnx_loops.greedy_generate` with extra feeds in every call (the multi-adapter graph's stacks)."""
+    from adamix_deploy.serving.engine.kv_cache import open_cache
+
+    cache = open_cache(session, 1)
+    cache.reserve(len(prompt) + steps)
+    logits, length, tokens = cache.prefill(prompt, extra), len(prompt), []
+    cache.join()
+    for step in range(steps):
+        token = int(logits.argmax())
+        if token == eos:
+            break
+        tokens.append(token)
+        if step + 1 == steps:
+            break
+        logits = cache.step(np.asarray([token]), np.asarray([length]), extra)[0]
+        length += 1
+    return tokens
+
+
+def _logits_with(session, sequence: list[int], extra: dict) -> np.ndarray:
+    """`onnx_loops.sequence_logits` with extra feeds: the logits at every position of ``sequence``, one call."""
+    from adamix_deploy.serving.engine.cache_layout import CacheLayout
+
+    layout = CacheLayout.of(session)
+    feed = {**layout.empty(), **layout.token_feed(np.asarray([sequence], dtype=np.int64), np.asarray([0]), 0)}
+    return session.run(["logits"], {**feed, **extra})[0][0].astype(np.float32)
 
 
 def _check_base(base: Manifest, config: CheckpointConfig, folder: Path) -> None:

@@ -17,6 +17,7 @@ from adamix_deploy.contracts.export_folder import (
     ADAPTER_INDEX_INPUT,
     ADAPTERS_FOLDER,
     MULTI_ADAPTER_FILE,
+    read_adapter_manifest,
     read_manifest,
 )
 from adamix_deploy.exporters.ort_adapters import (
@@ -124,6 +125,11 @@ def test_the_base_and_its_multi_adapter_graph_read_one_weights_file(llama):
     assert len(lora) == 14  # the first adapter adapts o_proj: the base takes every layer
     assert len(multi.graph.node) == len(single.graph.node) + 2 * len(lora)
     assert (base / "model.onnx.data").stat().st_mode & 0o777 == (base / "model.onnx").stat().st_mode & 0o777
+    for name in LLAMA_ADAPTERS:  # each export checked the adapter in a slot against run options
+        parity = read_adapter_manifest(base / ADAPTERS_FOLDER / name).parity["multi_adapter"]
+        stage = parity["stages"]["onnx_fp32_multi_adapter"]
+        assert parity["reference"] == "onnx_fp32_adapter" and stage["greedy_tokens_identical"] == 1.0
+        assert stage["max_abs_logit_diff"] <= 1e-5
 
 
 def _batched_greedy(
