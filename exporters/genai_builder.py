@@ -6,13 +6,15 @@ folder's root, so the folder also opens as is with ``onnxruntime_genai.Model(fol
 (``python -m onnxruntime_genai.models.builder``): the module rewrites ``sys.path`` and prints progress, and a
 subprocess keeps both out of the exporter's process.
 
-Options (the builder's 0.18 names), chosen to match the torch path's weight-only settings (`quantize.WEIGHT_ONLY`):
-- ``filename``: our file names (`ONNX_FILES`), each with its ``.data`` file of weights beside it.
-- int8 / int4: ``block_size`` 32, ``is_symmetric``, ``accuracy_level`` 4 (int8 activations: without it int8
-  weights ran slower than fp32 here), the builder's default round-to-nearest; the LM head and the embedding
-  excluded (``nodes_to_exclude``), so they stay fp32 as on the torch path.
+The builder writes the fp32 graph only, with these options (its 0.18 names):
+- ``filename``: our file name (`ONNX_FILES`), with its ``.data`` file of weights beside it.
 - ``shared_embeddings`` for tied models: the embedding is a Gather on the transposed LM head, so SmolLM2's
-  113 MB matrix is stored once per file, not twice.
+  113 MB matrix is stored once, not twice.
+
+int8 / int4 are quantised copies of that fp32 graph (`quantize.quantize_builder_decoder` with
+`quantize.BUILDER_DECODERS`, one quantiser pass per bit width, no second builder run): MatMulNBits weights,
+the LM head its own MatMulNBits weight where the measurements chose so, the embedding always gathering from the
+fp32 matrix (one row per token).
 
 What it does not write, we keep ours: ``config.json``, the tokenizer files (the builder re-saves the tokenizer
 through transformers; the server reads ours) and the manifest.
@@ -32,7 +34,11 @@ from pathlib import Path
 
 from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.contracts.export_folder import GENAI_CONFIG_FILE, ONNX_FILES, TOKENIZER_FILE, ToolRecord
-from adamix_deploy.exporters.quantize import WEIGHT_ONLY
+from adamix_deploy.exporters.quantize import (
+    BUILDER_DECODERS,
+    decoder_settings,
+    quantize_builder_decoder,
+)
 
 # create_model's architectures (onnxruntime_genai/models/builder.py, 0.18) that are plain text decoders of the
 # families our training loads; multimodal, MoE and remote-code ones stay on the torch path.
@@ -41,9 +47,7 @@ BUILDER_ARCHITECTURES = frozenset({
     "PhiForCausalLM", "GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "GraniteForCausalLM",
     "OlmoForCausalLM", "NemotronForCausalLM", "SmolLM3ForCausalLM",
 })  # fmt: skip
-BUILDER_PRECISIONS = ("fp32", "int8", "int4")  # what the builder writes for the CPU provider
-EMBEDDING_NODE = "/model/embed_tokens/Gather"  # builders/base.py make_embedding
-LM_HEAD_NODE = "/lm_head/MatMul"  # builders/base.py make_lm_head
+BUILDER_PRECISIONS = ("fp32", "int8", "int4")  # fp32 by the builder, int8 / int4 quantised from it
 # the fused operators the manifest counts (`OnnxInfo.fusions`)
 FUSED_OPS = (
     "GroupQueryAttention", "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "MatMulNBits",
@@ -69,40 +73,37 @@ def builds(merged) -> bool:
     )
 
 
-def builder_options(precision: str, tied: bool) -> dict[str, str]:
-    """The builder's ``--extra_options`` for one precision."""
-    options = {"filename": ONNX_FILES[precision], "shared_embeddings": str(tied).lower()}
-    if precision in ("int8", "int4"):
-        options |= {
-            "block_size": str(WEIGHT_ONLY["block_size"]),
-            "is_symmetric": str(WEIGHT_ONLY["symmetric"]).lower(),
-            "accuracy_level": str(WEIGHT_ONLY["accuracy_level"]),
-            "nodes_to_exclude": f"{LM_HEAD_NODE},{EMBEDDING_NODE}",
-        }
-    return options
+def builder_options(tied: bool) -> dict[str, str]:
+    """The builder's ``--extra_options`` for the fp32 graph."""
+    return {"filename": ONNX_FILES["fp32"], "shared_embeddings": str(tied).lower()}
 
 
 def build_onnx(merged_folder: Path, folder: Path, precisions: list[str], tied: bool) -> dict[str, ToolRecord]:
-    """Write each precision's graph (``ONNX_FILES``, with its ``.data``) into ``folder``, and the fp32 graph's
-    ``genai_config.json``; returns the tool record of each file."""
-    version = builder_version()
-    records = {}
-    for precision in precisions:
-        work = folder / f".builder-{precision}"
-        options = builder_options(precision, tied)
-        _run_builder(merged_folder, work, precision, options)
-        name = ONNX_FILES[precision]
-        for item in (name, f"{name}.data"):
-            if (work / item).exists():
-                shutil.move(str(work / item), folder / item)
-        config = json.loads((work / GENAI_CONFIG_FILE).read_text())
-        pin_cache_shapes(folder / name, config["model"]["decoder"]["head_size"])
-        if precision == "fp32":
-            shutil.move(str(work / GENAI_CONFIG_FILE), folder / GENAI_CONFIG_FILE)
-        shutil.rmtree(work)
+    """Write the fp32 graph (``ONNX_FILES``, with its ``.data``) and its ``genai_config.json`` into ``folder``,
+    then each requested int8 / int4 copy of it; returns the tool record of each file."""
+    import onnxruntime
+
+    work = folder / ".builder-fp32"
+    options = builder_options(tied)
+    _run_builder(merged_folder, work, "fp32", options)
+    fp32 = ONNX_FILES["fp32"]
+    for item in (fp32, f"{fp32}.data", GENAI_CONFIG_FILE):
+        shutil.move(str(work / item), folder / item)
+    shutil.rmtree(work)
+    config = json.loads((folder / GENAI_CONFIG_FILE).read_text())
+    pin_cache_shapes(folder / fp32, config["model"]["decoder"]["head_size"])  # the copies inherit the shapes
+    records = {
+        "fp32": ToolRecord(
+            tool=f"onnxruntime-genai model builder {builder_version()}",
+            options={"precision": "fp32", "execution_provider": "cpu", "extra_options": options},
+        )
+    }
+    for precision in [p for p in precisions if p != "fp32"]:
+        settings = quantize_builder_decoder(
+            folder / fp32, folder / ONNX_FILES[precision], BUILDER_DECODERS[precision]
+        )
         records[precision] = ToolRecord(
-            tool=f"onnxruntime-genai model builder {version}",
-            options={"precision": precision, "execution_provider": "cpu", "extra_options": options},
+            tool=f"onnxruntime.quantization ({onnxruntime.__version__})", options={"source": fp32, **settings}
         )
     return records
 
@@ -162,21 +163,11 @@ def fused_op_counts(onnx_paths: list[Path]) -> dict[str, int]:
 
 
 def weight_only_settings(onnx_path: Path, bits: int) -> dict:
-    """The manifest's quantisation record of a builder int8/int4 file, in the torch path's form."""
+    """The manifest's quantisation record of a builder decoder's int8 / int4 file, read from its graph."""
     import onnx
 
     model = onnx.load(str(onnx_path), load_external_data=False)
-    nodes = {node.name: node.op_type for node in model.graph.node}
-    return {
-        "method": "weight-only MatMulNBits (onnxruntime-genai model builder)",
-        "bits": bits,
-        **WEIGHT_ONLY,
-        "quantized_matmuls": sum(op == "MatMulNBits" for op in nodes.values()),
-        "lm_head": "fp32 (excluded)" if nodes.get(LM_HEAD_NODE) == "MatMul" else "quantized",
-        "embedding": "fp32, the transposed LM head (shared)"
-        if "/model/embed_tokens/Transpose" in nodes
-        else ("fp32" if nodes.get(EMBEDDING_NODE) == "Gather" else "quantized"),
-    }
+    return decoder_settings(model, BUILDER_DECODERS[f"int{bits}"])
 
 
 def has_static_adapters(merged) -> bool:

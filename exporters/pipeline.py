@@ -4,8 +4,9 @@ Read `export_checkpoint` top to bottom: load (any supported checkpoint format), 
 (`adamix_deploy.merge`), write the merged Hugging Face folder, write the ONNX files, check parity, write the
 manifest. The ONNX files come one of two ways, recorded per file in the manifest (`OnnxInfo.tools`):
 - decoders of the families onnxruntime-genai's model builder supports (`genai_builder.BUILDER_ARCHITECTURES`:
-  Llama, Mistral, Qwen2/3, Phi3, Gemma, ...) when it is installed: the builder writes fp32 and the requested
-  int8/int4 from the merged folder (`_builder_files`); no fp16 (the builder's targets GPUs);
+  Llama, Mistral, Qwen2/3, Phi3, Gemma, ...) when it is installed: the builder writes fp32 from the merged
+  folder, and the requested int8/int4 are quantised from its graph (`_builder_files`); no fp16 (the builder's
+  targets GPUs);
 - everything else (encoders, GPT-2, bottleneck-adapter merges, any decoder without onnxruntime-genai):
   `torch.onnx.export`, onnxruntime's fusions, then `quantize` (`_torch_files`).
 Everything is built in a temporary folder and renamed into place only after parity passes. The folder's format
@@ -155,8 +156,9 @@ def _torch_files(merged, tokenizer, task: str, tmp: Path, quantize: tuple[str, .
 
 
 def _builder_files(merged, tmp: Path, quantize: tuple[str, ...]):
-    """fp32 and the requested int8/int4 graphs by onnxruntime-genai's model builder from the merged folder, with
-    the merged folder's config and tokenizer files beside them. Same returns as `_torch_files`."""
+    """fp32 by onnxruntime-genai's model builder from the merged folder and the requested int8/int4 quantised
+    from its graph, with the merged folder's config and tokenizer files beside them. Same returns as
+    `_torch_files`."""
     precisions = ["fp32", *dict.fromkeys(quantize)]
     tied = bool(getattr(merged.config, "tie_word_embeddings", False))
     tools = genai_builder.build_onnx(tmp / MERGED_FOLDER, tmp, precisions, tied)

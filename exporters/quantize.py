@@ -20,9 +20,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 WEIGHT_ONLY = {"block_size": 32, "symmetric": True, "accuracy_level": 4, "algorithm": "RTN"}
+WEIGHT_ONLY_METHOD = "weight-only MatMulNBits (onnxruntime.quantization.matmul_nbits_quantizer)"
+BUILDER_LM_HEAD = "/lm_head/MatMul"  # onnxruntime-genai's builders/base.py make_lm_head
+ALGORITHMS = ("RTN", "k_quant", "HQQ")
 
 
 @contextlib.contextmanager
@@ -118,3 +123,112 @@ def lm_head_matmul(model) -> str | None:
         if "logits" in node.output and node.op_type == "MatMul" and node.input[1] in initializers:
             return node.name
     return None
+
+
+# -- the model builder's decoders ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DecoderVariant:
+    """How a builder decoder's weights are quantised. ``head_bits`` None keeps the LM head fp32; otherwise the
+    head gets a MatMulNBits weight of its own while the embedding keeps gathering from the fp32 matrix (read one
+    row per token, so it costs file size, not bytes per token). Algorithms: ``RTN`` (onnxruntime's default
+    quantiser, round-to-nearest in C++, 4 or 8 bits), ``k_quant`` (its llama.cpp-style search, asymmetric,
+    4 bits), ``HQQ`` (float zero points, 4 bits); the head, when quantised, is always RTN."""
+
+    layers_bits: int
+    head_bits: int | None = None
+    block_size: int = 32
+    algorithm: str = "RTN"
+    symmetric: bool = True
+    accuracy_level: int = 4
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}: choose from {', '.join(ALGORITHMS)}")
+        if self.algorithm != "RTN" and (self.layers_bits != 4 or self.symmetric):
+            raise ValueError(f"{self.algorithm} quantises to 4 bits with zero points (symmetric=False)")
+
+
+# what --quantize int8 / int4 write for builder decoders (PROVISIONAL: chosen from the measurements pending)
+BUILDER_DECODERS = {"int8": DecoderVariant(8, 8), "int4": DecoderVariant(4, 8)}
+
+
+def quantize_builder_decoder(onnx_path: Path, output: Path, variant: DecoderVariant) -> dict:
+    """Write ``variant`` of the model builder's fp32 graph ``onnx_path`` to ``output`` (its weights in
+    ``<output name>.data`` beside it); returns the settings the manifest records. Only ``onnx_path``'s graph and
+    weights are read: the fp32 file is left as it is."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    head = BUILDER_LM_HEAD if any(n.name == BUILDER_LM_HEAD for n in model.graph.node) else None
+    with _quiet():
+        model = _quantize_matmuls(model, variant, variant.layers_bits, variant.algorithm, exclude=[head])
+        if head and variant.head_bits:
+            others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name != head]
+            model = _quantize_matmuls(model, variant, variant.head_bits, "RTN", exclude=others)
+    _set_accuracy_level(model, variant.accuracy_level)
+    output.unlink(missing_ok=True)
+    data = output.with_name(output.name + ".data")
+    data.unlink(missing_ok=True)  # external data is appended to an existing file, never replaced
+    onnx.save_model(model, str(output), save_as_external_data=True, location=data.name)
+    shutil.copymode(output, data)  # onnx creates the data file owner-only; a served folder must be readable
+    return decoder_settings(model, variant)
+
+
+def _quantize_matmuls(model, variant: DecoderVariant, bits: int, algorithm: str, exclude: list):
+    """One MatMulNBitsQuantizer pass over the MatMuls with a constant weight, but those in ``exclude``.
+    (``nodes_to_include`` would not do for the head pass: the quantiser takes a node that is included *or* of
+    a quantised op type.)"""
+    nbits = matmul_nbits_module()
+    exclude = [name for name in exclude if name]
+    common = {"block_size": variant.block_size, "accuracy_level": variant.accuracy_level}
+    if algorithm == "RTN":
+        config = nbits.DefaultWeightOnlyQuantConfig(**common, is_symmetric=variant.symmetric, bits=bits)
+    elif algorithm == "k_quant":
+        config = nbits.KQuantWeightOnlyQuantConfig()
+    else:
+        config = nbits.HQQWeightOnlyQuantConfig(block_size=variant.block_size, bits=bits)
+    quantizer = nbits.MatMulNBitsQuantizer(
+        model, bits=bits, is_symmetric=variant.symmetric, nodes_to_exclude=exclude, algo_config=config, **common
+    )
+    quantizer.process()
+    return quantizer.model.model
+
+
+def _set_accuracy_level(model, level: int) -> None:
+    """HQQ writes its MatMulNBits nodes without ``accuracy_level``; every variant is served with it (int8
+    activations: without it the kernels fell back to slow paths here), so it is set on every node."""
+    from onnx import helper
+
+    for node in model.graph.node:
+        if node.op_type == "MatMulNBits" and not any(a.name == "accuracy_level" for a in node.attribute):
+            node.attribute.append(helper.make_attribute("accuracy_level", level))
+
+
+def decoder_settings(model, variant: DecoderVariant) -> dict:
+    """The manifest's record of a quantised builder decoder, read back from its graph."""
+    from onnx import helper
+
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    head = next((n for n in model.graph.node if "logits" in n.output), None)
+    if head is not None and head.op_type == "MatMulNBits":
+        bits = next(helper.get_attribute_value(a) for a in head.attribute if a.name == "bits")
+        lm_head = f"int{bits} (its own MatMulNBits weight)"
+    else:
+        lm_head = "fp32 (excluded)"
+    transposed = any(
+        n.op_type == "Transpose" and n.name.startswith("/model/embed_tokens") for n in model.graph.node
+    )
+    if not transposed:
+        embedding = "fp32"
+    elif lm_head.startswith("fp32"):
+        embedding = "fp32, the transposed LM head matrix (shared)"
+    else:
+        embedding = "fp32, the transposed LM head matrix (read one row per token)"
+    return {
+        "method": WEIGHT_ONLY_METHOD,
+        "bits": variant.layers_bits,
+        **{k: v for k, v in asdict(variant).items() if k not in ("layers_bits", "head_bits")},
+        "quantized_matmuls": len(nbits),
+        "lm_head": lm_head,
+        "embedding": embedding,
+    }

@@ -15,6 +15,7 @@ from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.contracts.export_folder import GENAI_CONFIG_FILE, OnnxInfo, read_manifest
 from adamix_deploy.exporters import genai_builder
 from adamix_deploy.exporters.pipeline import export_checkpoint
+from adamix_deploy.exporters.quantize import BUILDER_DECODERS
 from adamix_deploy.serving.engine.cache_layout import CacheLayout
 from adamix_deploy.serving.engine.onnx_loops import greedy_generate, open_session
 
@@ -42,15 +43,19 @@ def test_builder_files_parity_fusions_and_tool_records(built):
     for name in manifest.onnx.models.values():
         assert (folder / f"{name}.data").is_file() and f"{name}.data" in manifest.files
     assert manifest.onnx.fusions["GroupQueryAttention"] == 2
-    assert manifest.onnx.fusions["MatMulNBits"] == 10  # 2 layers x (qkv, o, gate, up, down)
+    head = any(BUILDER_DECODERS[p].head_bits for p in ("int8", "int4"))
+    assert manifest.onnx.fusions["MatMulNBits"] == 10 + head  # 2 layers x (qkv, o, gate, up, down), the LM head
     assert manifest.onnx.fusions["SkipSimplifiedLayerNormalization"] >= 3
     stage = manifest.parity["stages"]["onnx_fp32"]
     assert stage["first_step_max_abs_logit_diff"] <= 1e-4 and stage["greedy_tokens_identical"] == 1.0
-    for precision in ("fp32", "int8", "int4"):
+    record = manifest.onnx.tool("fp32")
+    assert record.tool == f"onnxruntime-genai model builder {genai_builder.builder_version()}"
+    assert record.options["precision"] == "fp32" and record.options["extra_options"]["filename"] == "model.onnx"
+    # int8 and int4 are quantised from the builder's fp32 graph, not built again
+    for precision in ("int8", "int4"):
         record = manifest.onnx.tool(precision)
-        assert record.tool == f"onnxruntime-genai model builder {genai_builder.builder_version()}"
-        assert record.options["precision"] == precision
-        assert record.options["extra_options"]["filename"] == manifest.onnx.models[precision]
+        assert record.tool == f"onnxruntime.quantization ({manifest.onnx.onnxruntime_version})"
+        assert record.options == {"source": "model.onnx", **manifest.onnx.quantization[precision]}
     # the manifest reads back with its new fields
     again = read_manifest(folder)
     assert again.onnx.tools == manifest.onnx.tools and again.onnx.genai == manifest.onnx.genai

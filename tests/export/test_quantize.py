@@ -15,6 +15,7 @@ from adamix_deploy.config import MixtureSpec
 from adamix_deploy.contracts.export_folder import read_manifest
 from adamix_deploy.exporters.parity import DecoderStage, generation_parity, reduced_precision_warnings
 from adamix_deploy.exporters.pipeline import export_checkpoint
+from adamix_deploy.exporters.quantize import BUILDER_DECODERS
 from adamix_deploy.exporters.tied_weights import share_tied_lm_head
 from adamix_deploy.serving.engine.onnx_loops import open_session
 from adamix_deploy.testing.processes import ServerProcess
@@ -101,21 +102,22 @@ def test_weight_only_int8_and_int4_decoders_record_settings_and_parity(tiny_llam
     assert size["int4"] < size["int8"] < size["fp32"]
     assert manifest.parity["prompts"] == 8
     for precision, bits in (("int8", 8), ("int4", 4)):
-        settings = manifest.onnx.quantization[precision]
-        assert settings["bits"] == bits and settings["block_size"] == 32 and settings["accuracy_level"] == 4
+        settings, variant = manifest.onnx.quantization[precision], BUILDER_DECODERS[precision]
+        assert settings["bits"] == bits and settings["block_size"] == variant.block_size
+        assert settings["accuracy_level"] == 4 and settings["algorithm"] == variant.algorithm
         graph = onnx.load(str(deploy / f"model_{precision}.onnx")).graph
         nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
         assert len(nbits) == settings["quantized_matmuls"] > 0
         attributes = {a.name: helper.get_attribute_value(a) for a in nbits[0].attribute}
-        assert attributes["bits"] == bits and attributes["accuracy_level"] == 4 and attributes["block_size"] == 32
-        # the head and the embedding stay fp32, one matrix: the embedding gathers from the head's transpose
-        assert settings["lm_head"] == "fp32 (excluded)" and settings["embedding"].startswith(
-            "fp32, the transposed"
-        )
-        assert [n.op_type for n in graph.node if "logits" in n.output] == ["MatMul"]
-        options = manifest.onnx.tool(precision).options["extra_options"]
-        assert options["nodes_to_exclude"] == "/lm_head/MatMul,/model/embed_tokens/Gather"
-        assert options["block_size"] == "32" and options["is_symmetric"] == "true"
+        assert attributes["bits"] == bits and attributes["accuracy_level"] == 4
+        assert attributes["block_size"] == variant.block_size
+        # the embedding gathers from the fp32 head matrix; the head is its own MatMulNBits where the variant says
+        assert settings["embedding"].startswith("fp32, the transposed LM head matrix")
+        head = [n for n in graph.node if "logits" in n.output]
+        assert [n.op_type for n in head] == ["MatMulNBits" if variant.head_bits else "MatMul"]
+        assert settings["lm_head"] == (f"int{variant.head_bits} (its own MatMulNBits weight)" if variant.head_bits
+                                       else "fp32 (excluded)")  # fmt: skip
+        assert manifest.onnx.tool(precision).options["source"] == "model.onnx"
         stage = manifest.parity["stages"][f"onnx_{precision}"]
         divergence = stage["first_divergence_step"]
         assert len(divergence) == 8 and all(d is None or 0 <= d <= 8 for d in divergence)
