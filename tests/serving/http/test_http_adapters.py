@@ -100,6 +100,9 @@ def test_the_models_list_shows_each_adapter_with_its_base_and_not_the_bases(serv
     assert {"sentiment", "topics", "eagle", "mill"} <= set(cards) and not {"nlu", "nlg"} & set(cards)
     assert cards["sentiment"]["parent"] == "nlu" and cards["mill"]["parent"] == "nlg"
     assert cards["topics"]["labels"] == ["a", "b", "c"] and cards["sentiment-folded"]["parent"] is None
+    # the generation base has a multi-adapter graph: its adapters run on it, one decode batch for all of them
+    assert cards["eagle"]["onnx_file"] == cards["mill"]["onnx_file"] == "model_multi_adapter.onnx"
+    assert cards["sentiment"]["onnx_file"] == "model.onnx"
 
 
 @pytest.mark.integration
@@ -166,7 +169,9 @@ def test_adapters_load_and_unload_at_run_time_under_load_and_nothing_in_flight_i
     gen = _post(server, "/v1/adapters", {"path": str(root / "extra-gen"), "base": "nlg", "name": "gen2"})
     assert gen.status_code == 200 and gen.json()["id"] == "gen2", gen.text
 
-    async def unload_under_load() -> tuple[list[int], httpx.Response]:
+    eagle_alone = _post(server, "/v1/models/eagle/generate", {"prompt": PROMPTS[0], "max_new_tokens": 16}).json()
+
+    async def unload_under_load() -> tuple[list[int], httpx.Response, list[str]]:
         async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=60) as client:
             inflight = [
                 asyncio.create_task(client.post("/v1/models/extra/classify", json={"inputs": TEXTS})) for _ in range(24)
@@ -174,12 +179,19 @@ def test_adapters_load_and_unload_at_run_time_under_load_and_nothing_in_flight_i
                 asyncio.create_task(client.post("/v1/models/gen2/generate", json={"prompt": PROMPTS[0], "max_new_tokens": 16}))
                 for _ in range(4)
             ]  # fmt: skip
+            # rows of another adapter of the same base decode in the same batch as gen2's while it unloads
+            eagle = [
+                asyncio.create_task(client.post("/v1/models/eagle/generate", json={"prompt": PROMPTS[0], "max_new_tokens": 16}))
+                for _ in range(4)
+            ]  # fmt: skip
             await asyncio.sleep(0.05)  # the requests are in
             deleted = await asyncio.gather(client.delete("/v1/adapters/extra"), client.delete("/v1/adapters/gen2"))
             answers = await asyncio.gather(*inflight)
-        return [a.status_code for a in answers], deleted
+            eagle_texts = [a.json()["outputs"][0]["text"] for a in await asyncio.gather(*eagle)]
+        return [a.status_code for a in answers], deleted, eagle_texts
 
-    statuses, deleted = asyncio.run(unload_under_load())
+    statuses, deleted, eagle_texts = asyncio.run(unload_under_load())
+    assert eagle_texts == [eagle_alone["outputs"][0]["text"]] * 4
     assert all(d.status_code == 200 and d.json()["drained"] for d in deleted), [d.text for d in deleted]
     # every request either finished (it was in before the unload) or was refused whole with 404 (it came after)
     assert set(statuses) <= {200, 404} and statuses.count(200) >= 1
