@@ -7,6 +7,7 @@ under variants/, and llama.cpp through llama-cpp-python on GGUF files converted 
     python -m benchmarks.generation_frontier.peers convert          # the GGUF files (llama.cpp's venv)
     python -m benchmarks.generation_frontier.peers decode [--only genai]   # greedy outputs -> data.QUALITY
     python -m benchmarks.generation_frontier.peers speed [--only llama]    # tokens/s etc. -> data.SPEED
+    add --precisions fp32 int4 q8_0 ...: only those arms (a variant by its folder name)
     add --quick: 4 prompts x 8 tokens, 1 round, into results/tmp/frontier-quick/ (a check, not a figure)
 
 - Peers: `torch_peer.py` (.venv), `benchmarks/genai_peer.py` (.venv, ``[train]`` installs onnxruntime-genai),
@@ -99,14 +100,19 @@ def available(peer: str) -> bool:
 
 
 def graphs(export: Path) -> dict[str, Path]:
-    """precision -> graph for genai: the export's builder files and every variant graph (variants/<name>/)."""
+    """precision -> graph for genai: the export's builder files and every built variant (variants/<name>/, named
+    by its folder, as `benchmarks.generation_frontier.variants` names it; one whose build.json is missing is
+    still being written and one whose build.json holds an error has no usable graph)."""
     from adamix_deploy.contracts.export_folder import read_manifest
 
     found = {p: export / f for p, f in read_manifest(export).onnx.models.items()}
     variants = export.parent / "variants"
     for folder in sorted(variants.iterdir()) if variants.is_dir() else []:
+        record = folder / "build.json"
+        if not record.exists() or "error" in json.loads(record.read_text()):
+            continue
         for graph in sorted(folder.glob("*.onnx")):
-            found[folder.name if graph.stem == "model" else f"{folder.name}/{graph.stem}"] = graph
+            found[folder.name] = graph
     return found
 
 
@@ -166,7 +172,13 @@ def tokenizer_check(arm: Arm, export: Path, prompts: list[list[int]], scratch: P
     return {"identical": len(prompts) - len(differ), "prompts": len(prompts), "first_differing": differ[:5]}
 
 
-def decode(peers: list[str], export: Path, prompts_file: Path, run: Protocol) -> None:
+def selected(peer: str, export: Path, precisions: list[str] | None) -> list[Arm]:
+    return [arm for arm in arms(peer, export) if not precisions or arm.precision in precisions]
+
+
+def decode(
+    peers: list[str], export: Path, prompts_file: Path, run: Protocol, precisions: list[str] | None
+) -> None:
     done = {r["key"] for r in read_records(run.quality)}
     prompts = json.loads(prompts_file.read_text())[: run.decode_prompts]
     eos = eos_ids(export)
@@ -174,7 +186,7 @@ def decode(peers: list[str], export: Path, prompts_file: Path, run: Protocol) ->
         path = Path(scratch) / "prompts.json"
         path.write_text(json.dumps(prompts))
         for peer in peers:
-            for arm in arms(peer, export):
+            for arm in selected(peer, export, precisions):
                 key = f"{arm.backend}:{arm.precision}"
                 if key in done:
                     continue
@@ -199,13 +211,13 @@ def cycled(prompts: list[list[int]], count: int) -> list[list[int]]:
     return (prompts * math.ceil(count / len(prompts)))[:count]
 
 
-def speed(peers: list[str], export: Path, prompts_file: Path, run: Protocol) -> None:
+def speed(peers: list[str], export: Path, prompts_file: Path, run: Protocol, precisions: list[str] | None) -> None:
     done = {r["key"] for r in read_records(run.speed)}
     all_prompts = json.loads(prompts_file.read_text())
     eos = eos_ids(export)
     with tempfile.TemporaryDirectory() as scratch:
         for peer in peers:
-            for arm in arms(peer, export):
+            for arm in selected(peer, export, precisions):
                 for concurrency in CONCURRENCY:
                     key = f"{arm.backend}:{arm.precision}:c{concurrency}"
                     if key in done:
@@ -237,6 +249,7 @@ def main() -> None:
         "--quick", action="store_true", help="4 prompts x 8 tokens into results/tmp/frontier-quick"
     )
     parser.add_argument("--only", choices=PEERS, help="one peer")
+    parser.add_argument("--precisions", nargs="+", help="only these precisions (fp32, int4, q8_0, a variant)")
     parser.add_argument("--export", type=Path, default=data.EXPORT, help="the export folder (default: data's)")
     parser.add_argument("--prompts", type=Path, default=data.PROMPTS, help="prompt ids (default: data's)")
     parser.add_argument("--results", type=Path, help="where --quick writes (default results/tmp/frontier-quick)")
@@ -260,9 +273,9 @@ def main() -> None:
         except ChildFailed as e:
             print(f"FAILED convert: {str(e).strip().splitlines()[-1]}", flush=True)
     if options.step == "decode":
-        decode(peers, options.export, options.prompts, run)
+        decode(peers, options.export, options.prompts, run, options.precisions)
     elif options.step == "speed":
-        speed(peers, options.export, options.prompts, run)
+        speed(peers, options.export, options.prompts, run, options.precisions)
 
 
 if __name__ == "__main__":
