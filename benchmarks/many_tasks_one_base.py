@@ -6,6 +6,9 @@ as separate folded exports. Not a test: prints tables, writes JSON + PNG.
     python -m benchmarks.many_tasks_one_base serve    # servers: memory, time to ready, latency, throughput
     python -m benchmarks.many_tasks_one_base report   # tables (and docs/benchmarks/adapters.md), plot
 
+    python -m benchmarks.many_tasks_one_base build --only gen          # SmolLM2 only
+    python -m benchmarks.many_tasks_one_base serve --only gen --quick  # SmolLM2, 8 tokens: prints, saves nothing
+
 The tasks are seeded variants of one trained checkpoint each (`benchmarks.merged_exports build`'s MiniLM-L6
 SST-2 AdaMix-LoRA, `results/tmp/cls-lora`, and its SmolLM2 AdaMix-LoRA, `results/tmp/gen-lora`): every LoRA and
 head tensor gets seeded Gaussian noise (10 % of its own standard deviation), so each task has tensors of its own
@@ -20,7 +23,10 @@ with the real shapes. What is measured is cost (memory, time, latency), which de
   warm-up requests: MiniLM, p50 of 200 sequential 1-sentence requests and of 60 sequential 8-sentence requests
   to the first task, then 800 1-sentence requests spread round-robin over every task at concurrency 8
   (throughput). SmolLM2: 4 prompts of 32 greedy tokens one at a time to the first task, then 8 spread over
-  every task sent together (tokens/s over the wall time).
+  every task sent together, then 8 to the first task sent together (tokens/s over the wall time). The SmolLM2
+  base has a multi-adapter graph, so its adapters share one decode batch; with 4 tasks it is also served as a
+  base without one ("adapters, one engine each": the manifest's multi-adapter fields removed, as in a base
+  written before them), where each adapter has its own engine and a call runs one adapter.
 Results: results/adapters.json, adapters.png.
 """
 
@@ -81,13 +87,18 @@ def task_checkpoint(kind: str, index: int) -> Path:
     return folder
 
 
-def build() -> None:
-    for kind in ("cls", "gen"):
+def build(kinds: tuple[str, ...] = ("cls", "gen")) -> None:
+    for kind in kinds:
         if not (SOURCES[kind] / "adamix_config.json").exists():
             raise SystemExit(f"{SOURCES[kind]} is missing: run python -m benchmarks.merged_exports build first")
     WORK.mkdir(parents=True, exist_ok=True)
-    for kind, count in TASKS.items():
+    for kind in kinds:
+        count = TASKS[kind]
         base = WORK / f"{kind}-base"
+        if kind == "gen" and (base / "adamix_manifest.json").exists() and not _multi_adapter_fields(base):
+            print(f"{base.name} was written before multi-adapter graphs: building it again", flush=True)
+            for old in [base, *WORK.glob(f"{kind}-base-*")]:
+                shutil.rmtree(old)
         for index in range(count):
             ckpt = task_checkpoint(kind, index)
             folded = WORK / f"{kind}-folded{index}"
@@ -106,7 +117,30 @@ def build() -> None:
             subset = WORK / f"{kind}-base-{n}"
             if not subset.exists():
                 shutil.copytree(base, subset, copy_function=os.link, ignore=_other_adapters(n))
+        if kind == "gen":
+            _one_engine_each(WORK / f"{kind}-base-{max(SERVE_COUNTS[kind])}")
     print("built", flush=True)
+
+
+def _multi_adapter_fields(base: Path) -> dict:
+    manifest = json.loads((base / "adamix_manifest.json").read_text())["adapter_base"]
+    return {k: manifest[k] for k in ("multi_adapter_file", "multi_adapter_absent") if k in manifest}
+
+
+def _one_engine_each(base: Path) -> Path:
+    """A copy of ``base`` (hard links) whose manifest names no multi-adapter graph: served as a base written
+    before them, one engine per adapter."""
+    folder = base.with_name(base.name + "-one-engine-each")
+    if not folder.exists():
+        tmp = folder.with_name("." + folder.name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(base, tmp, copy_function=os.link, ignore=lambda d, names: ["adamix_manifest.json"])
+        manifest = json.loads((base / "adamix_manifest.json").read_text())
+        for key in ("multi_adapter_file", "multi_adapter_absent"):
+            manifest["adapter_base"].pop(key, None)
+        (tmp / "adamix_manifest.json").write_text(json.dumps(manifest, indent=2))
+        tmp.rename(folder)
+    return folder
 
 
 def _other_adapters(n: int):
@@ -162,15 +196,17 @@ def graph() -> None:
 
 
 # -- servers -------------------------------------------------------------------------------------------------
-def _load(url: str, kind: str, models: list[str], concurrency: int, count: int, batch: int = 1) -> dict:
+def _load(
+    url: str, kind: str, models: list[str], concurrency: int, count: int, batch: int = 1, tokens: int = 32
+) -> dict:
     """``count`` requests spread round-robin over ``models``: ``batch`` sentences each, or one E2E prompt of up
-    to 32 greedy tokens (tokens/s counted)."""
+    to ``tokens`` greedy tokens (tokens/s counted)."""
     texts = sentences()
     requests = []
     for i in range(count):
         model = models[i % len(models)]
         if kind == "gen":
-            body = {"prompt": E2E_PROMPTS[i % len(E2E_PROMPTS)], "max_new_tokens": 32}
+            body = {"prompt": E2E_PROMPTS[i % len(E2E_PROMPTS)], "max_new_tokens": tokens}
             requests.append((f"{url}/v1/models/{model}/generate", body))
         else:
             body = {"inputs": [texts[(i + j) % len(texts)] for j in range(batch)]}
@@ -178,14 +214,20 @@ def _load(url: str, kind: str, models: list[str], concurrency: int, count: int, 
     return load(requests, concurrency, warmup=WARMUP, count_tokens=kind == "gen")
 
 
-def serve() -> None:
+def serve(kinds: tuple[str, ...] = ("cls", "gen"), quick: bool = False) -> None:
+    """Every configuration, one server at a time. ``quick``: 8 new tokens a request, nothing saved (a check that
+    the benchmark runs, not a measurement)."""
     rows = []
     port = 8790
-    for kind in ("cls", "gen"):
+    tokens = 8 if quick else 32
+    for kind in kinds:
         for n in SERVE_COUNTS[kind]:
-            for layout in ("adapters", "folded"):
+            layouts = ["adapters", "folded"] + (["adapters, one engine each"] if kind == "gen" and n > 1 else [])
+            for layout in layouts:
                 if layout == "adapters":
                     folders, models = [WORK / f"{kind}-base-{n}"], [f"task{i}" for i in range(n)]
+                elif layout == "adapters, one engine each":
+                    folders, models = [_one_engine_each(WORK / f"{kind}-base-{n}")], [f"task{i}" for i in range(n)]
                 else:
                     folders = [WORK / f"{kind}-folded{i}" for i in range(n)]
                     models = [f.name for f in folders]
@@ -198,13 +240,27 @@ def serve() -> None:
                     row["b8"] = _load(server.url, kind, models[:1], 1, 60, batch=8)
                     row["spread_c8"] = _load(server.url, kind, models, 8, 800)
                 else:
-                    row["one_at_a_time"] = _load(server.url, kind, models[:1], 1, 4)
-                    row["spread_8"] = _load(server.url, kind, models, 8, 8)
+                    row["multi_adapter_graph"] = layout == "adapters" and bool(
+                        _multi_adapter_fields(folders[0]).get("multi_adapter_file")
+                    )
+                    row["one_at_a_time"] = _load(server.url, kind, models[:1], 1, 4, tokens=tokens)
+                    row["spread_8"] = _load(server.url, kind, models, 8, 8, tokens=tokens)
+                    row["same_8"] = _load(server.url, kind, models[:1], 8, 8, tokens=tokens)
                 row["rss_peak_mib"] = server.memory()["VmHWM"]
                 server.stop()
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    _update({"serve": rows})
+    if quick:
+        print("quick run: nothing saved", flush=True)
+        return
+    saved = RESULTS / "adapters.json"
+    # --only measures one kind: the other kind's rows stay as they were measured
+    kept = (
+        [r for r in json.loads(saved.read_text()).get("serve", []) if r["kind"] not in kinds]
+        if saved.exists()
+        else []
+    )
+    _update({"serve": kept + rows})
     report()
 
 
@@ -245,9 +301,10 @@ def report() -> None:
         out()
         out.table(
             ["SmolLM2-135M tasks", "layout", "ready s", "RSS ready MiB", "peak MiB", "tokens/s one at a time",
-             "tokens/s 8 spread"],
+             "tokens/s 8 spread", "tokens/s 8 on one task"],
             [[r["tasks"], r["layout"], f"{r['ready_s']:.2f}", f"{r['rss_ready_mib']:.0f}", f"{r['rss_peak_mib']:.0f}",
-              f"{r['one_at_a_time']['tokens_per_s']:.1f}", f"{r['spread_8']['tokens_per_s']:.1f}"]
+              f"{r['one_at_a_time']['tokens_per_s']:.1f}", f"{r['spread_8']['tokens_per_s']:.1f}",
+              f"{r['same_8']['tokens_per_s']:.1f}" if "same_8" in r else "-"]
              for r in data["serve"] if r["kind"] == "gen"],
         )  # fmt: skip
         _plot(data["serve"])
@@ -278,7 +335,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
     for name in ("build", "graph", "serve", "report"):
-        sub.add_parser(name)
+        step = sub.add_parser(name)
+        if name in ("build", "serve"):
+            step.add_argument("--only", choices=tuple(TASKS), help="one kind: cls (MiniLM) or gen (SmolLM2)")
+        if name == "serve":
+            step.add_argument(
+                "--quick", action="store_true", help="8 tokens a request (gen unless --only); saves nothing"
+            )
     one = sub.add_parser("graph-one", help="(a child process) one graph at one batch size")
     one.add_argument("folder")
     one.add_argument("--batch", type=int, default=1)
@@ -286,8 +349,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "graph-one":
         graph_one(args)
+    elif args.what in ("build", "serve"):
+        kinds = (args.only,) if args.only else ("gen",) if getattr(args, "quick", False) else tuple(TASKS)
+        if args.what == "build":
+            build(kinds)
+        else:
+            serve(kinds, args.quick)
     else:
-        {"build": build, "graph": graph, "serve": serve, "report": report}[args.what]()
+        {"graph": graph, "report": report}[args.what]()
 
 
 if __name__ == "__main__":
