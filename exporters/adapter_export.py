@@ -379,41 +379,12 @@ def check_multi_adapter(
             logits=lambda sequence: sequence_logits(single, sequence, active.run_options),
         ),
         "onnx_fp32_multi_adapter": DecoderStage(
-            greedy=lambda prompt: _greedy_with(multi, prompt, steps, eos, extra),
-            logits=lambda sequence: _logits_with(multi, sequence, extra),
+            greedy=lambda prompt: greedy_generate(multi, prompt, steps, eos, extra=extra)[0],
+            logits=lambda sequence: sequence_logits(multi, sequence, extra=extra),
         ),
     }
     ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     return generation_parity(stages, ids, set(), tolerance, steps)
-
-
-def _greedy_with(session, prompt: list[int], steps: int, eos: int | None, extra: dict) -> list[int]:
-    """`onnx_loops.greedy_generate` with extra feeds in every call (the multi-adapter graph's stacks)."""
-    from adamix_deploy.serving.engine.kv_cache import open_cache
-
-    cache = open_cache(session, 1)
-    cache.reserve(len(prompt) + steps)
-    logits, length, tokens = cache.prefill(prompt, extra), len(prompt), []
-    cache.join()
-    for step in range(steps):
-        token = int(logits.argmax())
-        if token == eos:
-            break
-        tokens.append(token)
-        if step + 1 == steps:
-            break
-        logits = cache.step(np.asarray([token]), np.asarray([length]), extra)[0]
-        length += 1
-    return tokens
-
-
-def _logits_with(session, sequence: list[int], extra: dict) -> np.ndarray:
-    """`onnx_loops.sequence_logits` with extra feeds: the logits at every position of ``sequence``, one call."""
-    from adamix_deploy.serving.engine.cache_layout import CacheLayout
-
-    layout = CacheLayout.of(session)
-    feed = {**layout.empty(), **layout.token_feed(np.asarray([sequence], dtype=np.int64), np.asarray([0]), 0)}
-    return session.run(["logits"], {**feed, **extra})[0][0].astype(np.float32)
 
 
 def _check_base(base: Manifest, config: CheckpointConfig, folder: Path) -> None:

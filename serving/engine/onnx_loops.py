@@ -59,13 +59,15 @@ def greedy_generate(
     eos_token_id: int | None,
     run_options: ort.RunOptions | None = None,
     shared_buffers: bool | None = None,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[int], np.ndarray]:
     """Greedy decoding of one prompt with the exported key/value cache, through the cache the server uses
-    (`kv_cache.open_cache`; ``shared_buffers`` forces one kind). Returns the new token ids (up to and excluding
-    eos) and the logits of the first step (for parity checks)."""
+    (`kv_cache.open_cache`; ``shared_buffers`` forces one kind). ``extra``: feeds of every call (a multi-adapter
+    graph's adapter index and stacks). Returns the new token ids (up to and excluding eos) and the logits of the
+    first step (for parity checks)."""
     cache = open_cache(session, 1, run_options, shared_buffers)
     cache.reserve(len(prompt_ids) + max_new_tokens)
-    logits = cache.prefill(prompt_ids).astype(np.float32)
+    logits = cache.prefill(prompt_ids, extra).astype(np.float32)
     cache.join()
     first_logits, length = logits, len(prompt_ids)
     generated: list[int] = []
@@ -76,16 +78,19 @@ def greedy_generate(
         generated.append(token)
         if step + 1 == max_new_tokens:
             break
-        logits = cache.step(np.asarray([token]), np.asarray([length]))[0].astype(np.float32)
+        logits = cache.step(np.asarray([token]), np.asarray([length]), extra)[0].astype(np.float32)
         length += 1
     return generated, first_logits
 
 
 def sequence_logits(
-    session: ort.InferenceSession, ids: list[int], run_options: ort.RunOptions | None = None
+    session: ort.InferenceSession,
+    ids: list[int],
+    run_options: ort.RunOptions | None = None,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The logits at every position of ``ids`` in one call with an empty cache: (len(ids), vocab). Parity uses
     it to score a stage along another stage's tokens (teacher forcing), so every step is comparable."""
     layout = CacheLayout.of(session)
     feed = {**layout.empty(), **layout.token_feed(np.asarray([ids], dtype=np.int64), np.asarray([0]), 0)}
-    return session.run(["logits"], feed, run_options)[0][0].astype(np.float32)
+    return session.run(["logits"], {**feed, **(extra or {})}, run_options)[0][0].astype(np.float32)
