@@ -119,7 +119,7 @@ def _our_caches(speed: dict) -> list[dict]:
 
 def _concurrency(speed: dict) -> list[dict]:
     rows = []
-    for backend in ("ours-engine", "adamix-serve"):
+    for backend in ("ours-engine", "adamix-serve", "genai-engine"):
         for precision in ("fp32", "int8", "int4"):
             found = {r["concurrency"]: r for r in speed.values() if (r.get("backend"), r.get("precision")) == (backend, precision)}  # fmt: skip
             if found:
