@@ -95,8 +95,61 @@ def summarize() -> dict:
                 ceiling = bandwidth * 1e9 / point["bytes_per_token"]
                 point |= {"ceiling_tokens_per_s": ceiling, "of_ceiling": point["tokens_per_s"] / ceiling}
         points.append(point)
-    return {"protocol": _protocol(), "bandwidth": speed.get("bandwidth"), "points": points,
-            "our_caches": _our_caches(speed), "concurrency": _concurrency(speed)}  # fmt: skip
+    summary = {"protocol": _protocol(), "bandwidth": speed.get("bandwidth"), "points": points,
+               "our_caches": _our_caches(speed), "concurrency": _concurrency(speed)}  # fmt: skip
+    return {**summary, "goals": goals(summary, files)}
+
+
+def kept(point: dict) -> bool:
+    """Quality kept: BLEU within KEPT_BLEU of our fp32 (the point estimate; its interval is reported beside)."""
+    return point["key"] == REFERENCE or point.get("bleu_vs_fp32", [float("-inf")])[0] >= -KEPT_BLEU
+
+
+def goals(summary: dict, files: dict) -> dict:
+    """The issue's goals, each as the measured ratio (None where a figure is missing)."""
+    points = {p["key"]: p for p in summary["points"]}
+    timed = [p for p in summary["points"] if p.get("tokens_per_s")]
+    fastest_kept = max((p for p in timed if kept(p)), key=lambda p: p["tokens_per_s"], default=None)
+    fastest_ours_kept = max((p for p in timed if kept(p) and p["backend"] == "ours"),
+                            key=lambda p: p["tokens_per_s"], default=None)  # fmt: skip
+    fp32 = points.get(REFERENCE, {}).get("tokens_per_s")
+    default_int8 = _default_variant(files, "int8")
+    int8 = points.get(f"ours:{default_int8}") if default_int8 else None
+    levels = {(r["backend"], r["precision"]): r["tokens_per_s"] for r in summary["concurrency"]}
+    scaling, served_vs_engine = {}, {}
+    for (backend, precision), values in levels.items():
+        c1, c8 = values.get(1, values.get("1")), values.get(8, values.get("8"))
+        if c1 and c8:
+            scaling[f"{backend} {precision}"] = c8 / c1
+        engine = levels.get(("ours-engine", precision))
+        if backend == "adamix-serve" and engine:
+            served_vs_engine[precision] = {c: values[c] / engine[c] for c in values if c in engine}
+    return {
+        "fastest_kept": fastest_kept and fastest_kept["key"],
+        "fastest_ours_kept": fastest_ours_kept and fastest_ours_kept["key"],
+        "ours_kept_vs_fastest_kept": fastest_ours_kept and fastest_ours_kept["tokens_per_s"] / fastest_kept["tokens_per_s"],
+        "ours_kept_of_ceiling": fastest_ours_kept and fastest_ours_kept.get("of_ceiling"),
+        "default_int8": default_int8,
+        "default_int8_vs_fp32": int8 and fp32 and int8.get("tokens_per_s", 0) / fp32,
+        "default_int8_bleu_vs_fp32": int8 and int8.get("bleu_vs_fp32"),
+        "c8_vs_c1": scaling,
+        "served_vs_engine": served_vs_engine,
+    }  # fmt: skip
+
+
+def _default_variant(files: dict, precision: str) -> str | None:
+    """The variant whose file is byte-identical in size to the export's ``precision`` file (what --quantize wrote)."""
+    export = files.get(precision)
+    if export is None:
+        return None
+    size = data.file_mb([export, export.with_name(export.name + ".data")])
+    for name, path in files.items():
+        if (
+            name not in ("fp32", "int8", "int4")
+            and data.file_mb([path, path.with_name(path.name + ".data")]) == size
+        ):
+            return name
+    return precision
 
 
 def _speed_key(backend: str, precision: str, concurrency: int) -> str:
@@ -174,6 +227,25 @@ def report() -> None:
         out.table(["path", "precision", *[f"{c} concurrent" for c in levels], "8 vs 1"],
                   [[r["backend"], r["precision"], *[_cell(r["tokens_per_s"].get(str(c), r["tokens_per_s"].get(c)), ".1f") for c in levels],
                     _ratio(r["tokens_per_s"], 8, 1)] for r in summary["concurrency"]])  # fmt: skip
+    g = summary.get("goals", {})
+    if g:
+        out()
+        out(
+            f"- fastest at kept quality (BLEU within {KEPT_BLEU} of our fp32): {g['fastest_kept']}; ours: "
+            f"{g['fastest_ours_kept']} at {_cell(g['ours_kept_vs_fastest_kept'], '.2f')}x its speed and "
+            f"{_cell(g['ours_kept_of_ceiling'], '.2f')} of its bandwidth ceiling"
+        )
+        out(
+            f"- `--quantize int8` ({g['default_int8']}): {_cell(g['default_int8_vs_fp32'], '.2f')}x our fp32 at batch 1"
+        )
+        out("- 8 concurrent vs 1: " + ", ".join(f"{k} {v:.2f}x" for k, v in g["c8_vs_c1"].items()))
+        out(
+            "- served / in-process engine: "
+            + ", ".join(
+                f"{p} " + "/".join(f"{v:.2f}" for v in values.values())
+                for p, values in g["served_vs_engine"].items()
+            )
+        )
     publish(out, PAGE, "frontier")
     plot(summary, PLOT)
 
