@@ -52,8 +52,12 @@ def convert(merged: str, out: str, converter: str, types: list[str], threads: in
         partial = target.with_name(target.name + ".partial")  # renamed into place once complete
         started = time.perf_counter()
         if kind in ("f32", "f16", "bf16", "q8_0"):
-            subprocess.run([sys.executable, converter, merged, "--outtype", kind, "--outfile", str(partial)],
-                           check=True, capture_output=True)  # fmt: skip
+            out = subprocess.run([sys.executable, converter, merged, "--outtype", kind, "--outfile", str(partial)],
+                                 capture_output=True, text=True)  # fmt: skip
+            if out.returncode != 0:  # e.g. a tokenizer whose pre-tokenizer llama.cpp does not know
+                raise SystemExit(
+                    f"llama_peer: convert_hf_to_gguf.py failed: {out.stderr.strip().splitlines()[-1]}"
+                )
             how = f"convert_hf_to_gguf.py --outtype {kind}"
         else:
             params = llama_cpp.llama_model_quantize_default_params()
