@@ -7,12 +7,29 @@ returns the settings it used, which the manifest records (`OnnxInfo.quantization
   97.36 % vs 96.90 % (docs/benchmarks/quantization.md), at the same speed (~1.9x fp32 at batch 1) and with no
   calibration data; the differences are within the noise of one dev set. `reduce_range` lowered agreement in
   both measurements on this VNNI CPU, so it stays off.
-- Decoders (generation), `int8` / `int4`: weight-only block quantisation through onnxruntime's
+- Decoders through PyTorch's exporter (GPT-2, and any decoder the model builder does not take), `int8` /
+  `int4` (`quantize_weight_only`): weight-only block quantisation through onnxruntime's
   `MatMulNBitsQuantizer` (its default algorithm: round-to-nearest per block, in C++), symmetric, block 32,
   `accuracy_level` 4 (int8 activations per block, int8 dot products: without it int8 weights ran 3-7x *slower*
   than fp32 on this CPU). The LM head and the embedding stay fp32: keeping the head fp32 was more accurate for
   every algorithm measured, and a tied head is one matrix with the embedding (`tied_weights`), so it costs no
   extra bytes. Dynamic int8 on a decoder was unusable (max |Δlogit| 9.2, greedy tokens identical on 0/4 prompts).
+- Decoders by onnxruntime-genai's model builder (Llama family), `int8` / `int4` (`quantize_builder_decoder`,
+  `BUILDER_DECODERS`): copies of the builder's fp32 graph, whose embedding gathers from the transposed LM head
+  matrix. At batch 1 every token reads every MatMul weight, and the head (SmolLM2: 49152 x 576, 113 MB fp32) is
+  the largest; the embedding reads one row. So the head may get its own MatMulNBits weight while the embedding
+  keeps the fp32 matrix: more file, fewer bytes per token. Chosen on a SmolLM2-135M E2E LoRA (fp32 BLEU 53.4
+  on 200 test MRs; benchmarks/generation_frontier/variants.py) by BLEU within 0.5 of fp32 first, MatMul weight
+  bytes per token second (the speed proxy at batch 1; speed was not measured there):
+  - int8: RTN block 32 with an int8 head, 151 MB/token, BLEU -0.47 (95 % interval -1.66 to +0.69); the fp32
+    head (what the builder's own ``-p int8`` writes) reads 233 MB/token for -0.13 (-1.23 to +0.98). Between
+    the two: -0.34 (-1.23 to +0.56), no difference the 200 MRs can show.
+  - int4: RTN block 32 symmetric with an int8 head, 98 MB/token, BLEU -5.1 (-7.6 to -2.6): no int4 variant
+    came within 0.5, and this one scored best. The fp32 head scored -5.6 for 180 MB/token; block 64 -7.0 and
+    block 128 -11.3 (576-wide projections pad K to 640 at block 128, so it reads more bytes than block 64);
+    asymmetric RTN -12.7 and k-quant -15.0, though their weights' RMS error is lower (0.082 vs 0.085 of the
+    weights' RMS). HQQ decoded 2 prompts in 87 s against 3-6 s for the others (its float zero points have no
+    fast kernel here), too slow to serve.
 """
 
 from __future__ import annotations
@@ -107,7 +124,7 @@ def quantize_weight_only(onnx_path: Path, output: Path, bits: int) -> dict:
     count = sum(node.op_type == "MatMulNBits" for node in quantized.graph.node)
     tied = any(node.op_type == "FusedMatMul" and node.name.endswith("_tied") for node in quantized.graph.node)
     return {
-        "method": "weight-only MatMulNBits (onnxruntime.quantization.matmul_nbits_quantizer)",
+        "method": WEIGHT_ONLY_METHOD,
         "bits": bits,
         **WEIGHT_ONLY,
         "quantized_matmuls": count,
@@ -148,7 +165,7 @@ class DecoderVariant:
             raise ValueError(f"{self.algorithm} quantises to 4 bits with zero points (symmetric=False)")
 
 
-# what --quantize int8 / int4 write for builder decoders (PROVISIONAL: chosen from the measurements pending)
+# what --quantize int8 / int4 write for builder decoders: both with an int8 LM head (the module's docstring)
 BUILDER_DECODERS = {"int8": DecoderVariant(8, 8), "int4": DecoderVariant(4, 8)}
 
 
