@@ -2,7 +2,7 @@
 bits, block size and algorithm (`exporters.quantize.DecoderVariant`), built from the export's ``model.onnx``
 with onnxruntime's quantiser, greedy-decoded on the frontier's test prompts. Not a test.
 
-    python -m benchmarks.generation_frontier.variants build [--quick]    # variants/<name>/ + build.json each
+    python -m benchmarks.generation_frontier.variants build              # variants/<name>/ + build.json each
     python -m benchmarks.generation_frontier.variants quality [--quick]  # outputs per variant (resumable)
     python -m benchmarks.generation_frontier.variants bleu [--quick]     # a quick look: BLEU vs fp32 and sizes
 
@@ -211,9 +211,10 @@ def bleu(export: Path, results: Path, references: list[list[str]]) -> list[dict]
     print("| variant | MB | weight MB/token | BLEU | BLEU vs fp32 (95 %) | next-token agreement | build s |")
     print("|---|---|---|---|---|---|---|")
     for t in table:
-        d = t["bleu_vs_fp32"]
+        d, agreement = t["bleu_vs_fp32"], t["next_token_agreement"]
         print(f"| {t['variant']} | {t['file_mb']} | {t['weight_mb_per_token']} | {t['bleu']} | "
-              f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] | {t['next_token_agreement']} | {t['build_seconds']} |")  # fmt: skip
+              f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}] | {'-' if agreement is None else f'{agreement:.3f}'} | "
+              f"{t['build_seconds'] or '-'} |")  # fmt: skip
     return table
 
 
