@@ -20,9 +20,9 @@ Run `speed` (ours and the peers') on an otherwise idle machine: every other job 
   a request, as in serving), sent by N closed-loop clients (N = 1, 4, 8, 16): tokens/s = completion tokens /
   wall time. ``engine`` drives the `GenerationEngine` in process; ``served`` is `adamix-serve` over HTTP, so
   served / engine is the cost of the server.
-- Bandwidth: a numpy copy of a 1 GB array, best of 5 (bytes read per second); a file's bytes per token are its
-  weights read per decoded token (an initializer read only by a Gather counts one row), so its ceiling is
-  bandwidth / bytes per token.
+- Bandwidth: a numpy copy of a 1 GB array, best of 5; its traffic (read + write, as STREAM counts a copy) over
+  time is the bandwidth. A file's bytes per token are its weights read per decoded token (an initializer read
+  only by a Gather counts one row), so its ceiling is bandwidth / bytes per token.
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def genai_engine(path: Path, concurrency: int) -> dict | None:
 
 
 def bandwidth() -> dict:
-    """Bytes read per second by a numpy copy of a 1 GB array, best of 5."""
+    """A numpy copy of a 1 GB array, best of 5: its size over its time (the report counts the traffic twice)."""
     import numpy as np
 
     source = np.ones(1 << 27, dtype=np.float64)  # 1 GiB
@@ -234,17 +234,17 @@ def our_files() -> dict[str, Path]:
     return files
 
 
-def speed(only: str | None) -> None:
-    done = {r["key"] for r in read_records(data.SPEED)}
+def speed(only: str | None, results: Path = data.SPEED, bare_only: bool = False) -> None:
+    done = {r["key"] for r in read_records(results)}
 
     def record(key: str, row: dict) -> None:
-        append_record(data.SPEED, {"key": key, **row})
+        append_record(results, {"key": key, **row})
         print(key, {k: v for k, v in row.items() if k != "rounds"}, flush=True)
 
     if "bandwidth" not in done:
         record("bandwidth", child(ME, "bandwidth-one"))
     for precision, path in our_files().items():
-        if only and only not in precision:
+        if only and precision not in only.split(","):
             continue
         # the padded numpy cache (the plain loop) only on the export's own files: the cache's gain, not a frontier point
         caches = ("shared", "padded") if precision in ("fp32", "int8", "int4") else ("shared",)
@@ -259,9 +259,9 @@ def speed(only: str | None) -> None:
                 continue
             record(key, {"backend": f"ours-{cache}", "precision": precision, "concurrency": 1,
                          "file_mb": data.file_mb([path, path.with_name(path.name + ".data")]), **row})  # fmt: skip
-    for precision in ("fp32", "int8", "int4"):
+    for precision in () if bare_only else ("fp32", "int8", "int4"):
         path = our_files().get(precision)
-        if path is None or (only and only not in precision):
+        if path is None or (only and precision not in only.split(",")):
             continue
         for concurrency in CONCURRENCY:
             key = f"ours-engine:{precision}:c{concurrency}"
@@ -287,7 +287,9 @@ def main() -> None:
     b = sub.add_parser("build")
     b.add_argument("--quantize", action="append", default=None, help="precisions to export (default int8, int4)")
     s = sub.add_parser("speed")
-    s.add_argument("--only", help="only files whose precision name contains this")
+    s.add_argument("--only", help="only these files, by precision or variant name, comma-separated")
+    s.add_argument("--results", type=Path, default=data.SPEED, help="the result file (default data.SPEED)")
+    s.add_argument("--bare-only", action="store_true", help="batch 1 only (the speed rounds: ROUNDS)")
     sub.add_parser("report")
     one = sub.add_parser("bare-one")
     one.add_argument("path")
@@ -300,7 +302,7 @@ def main() -> None:
     if options.step == "build":
         build(options.quantize or ["int8", "int4"])
     elif options.step == "speed":
-        speed(options.only)
+        speed(options.only, options.results, options.bare_only)
     elif options.step == "report":
         from benchmarks.generation_frontier.report import report
 

@@ -219,14 +219,21 @@ def cycled(prompts: list[list[int]], count: int) -> list[list[int]]:
     return (prompts * math.ceil(count / len(prompts)))[:count]
 
 
-def speed(peers: list[str], export: Path, prompts_file: Path, run: Protocol, precisions: list[str] | None) -> None:
+def speed(
+    peers: list[str],
+    export: Path,
+    prompts_file: Path,
+    run: Protocol,
+    precisions: list[str] | None,
+    levels: tuple[int, ...] = CONCURRENCY,
+) -> None:
     done = {r["key"] for r in read_records(run.speed)}
     all_prompts = json.loads(prompts_file.read_text())
     eos = eos_ids(export)
     with tempfile.TemporaryDirectory() as scratch:
         for peer in peers:
             for arm in selected(peer, export, precisions):
-                for concurrency in CONCURRENCY:
+                for concurrency in levels:
                     key = f"{arm.backend}:{arm.precision}:c{concurrency}"
                     if key in done:
                         continue
@@ -257,16 +264,24 @@ def main() -> None:
         "--quick", action="store_true", help="4 prompts x 8 tokens into results/tmp/frontier-quick"
     )
     parser.add_argument("--only", choices=PEERS, help="one peer")
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=list(CONCURRENCY), help="speed: these levels"
+    )
     parser.add_argument("--precisions", nargs="+", help="only these precisions (fp32, int4, q8_0, a variant)")
     parser.add_argument("--export", type=Path, default=data.EXPORT, help="the export folder (default: data's)")
     parser.add_argument("--prompts", type=Path, default=data.PROMPTS, help="prompt ids (default: data's)")
-    parser.add_argument("--results", type=Path, help="where --quick writes (default results/tmp/frontier-quick)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="a folder for quality.jsonl and speed.jsonl instead of "
+        "data's (--quick: results/tmp/frontier-quick; the speed rounds: results/tmp/frontier-rounds/rN)",
+    )
     options = parser.parse_args()
     if not (options.export / "adamix_manifest.json").exists():
         raise SystemExit(f"no export in {options.export}: run `python -m benchmarks.generation_frontier build`")
     options.export = options.export.resolve()  # the peers run from the repository root, graphs by path
     run = QUICK_RUN if options.quick else FULL
-    if options.quick and options.results:
+    if options.results:
         run = Protocol(**{**run.__dict__, "quality": options.results / "quality.jsonl",
                           "speed": options.results / "speed.jsonl"})  # fmt: skip
     peers = []
@@ -283,7 +298,7 @@ def main() -> None:
     if options.step == "decode":
         decode(peers, options.export, options.prompts, run, options.precisions)
     elif options.step == "speed":
-        speed(peers, options.export, options.prompts, run, options.precisions)
+        speed(peers, options.export, options.prompts, run, options.precisions, tuple(options.concurrency))
 
 
 if __name__ == "__main__":
