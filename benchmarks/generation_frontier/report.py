@@ -101,9 +101,11 @@ def summarize() -> dict:
                 ceiling = READS_PER_COPY * bandwidth * 1e9 / point["bytes_per_token"]
                 point |= {"ceiling_tokens_per_s": ceiling, "of_ceiling": point["tokens_per_s"] / ceiling}
         points.append(point)
+    alternating = [r for k, r in speed.items() if k.startswith("alternating:")]
     summary = {"protocol": _protocol(), "bandwidth": speed.get("bandwidth"), "points": points,
-               "our_caches": _our_caches(speed), "concurrency": _concurrency(speed)}  # fmt: skip
-    return {**summary, "goals": goals(summary, files)}
+               "our_caches": _our_caches(speed), "concurrency": _concurrency(speed),
+               "alternating": alternating}  # fmt: skip
+    return {**summary, "goals": goals(summary)}
 
 
 def kept(point: dict) -> bool:
@@ -111,7 +113,7 @@ def kept(point: dict) -> bool:
     return point["key"] == REFERENCE or point.get("bleu_vs_fp32", [float("-inf")])[0] >= -KEPT_BLEU
 
 
-def goals(summary: dict, files: dict) -> dict:
+def goals(summary: dict) -> dict:
     """The issue's goals, each as the measured ratio (None where a figure is missing)."""
     points = {p["key"]: p for p in summary["points"]}
     timed = [p for p in summary["points"] if p.get("tokens_per_s")]
@@ -119,7 +121,7 @@ def goals(summary: dict, files: dict) -> dict:
     fastest_ours_kept = max((p for p in timed if kept(p) and p["backend"] == "ours"),
                             key=lambda p: p["tokens_per_s"], default=None)  # fmt: skip
     fp32 = points.get(REFERENCE, {}).get("tokens_per_s")
-    default_int8 = _default_variant(files, "int8")
+    default_int8 = default_variant("int8")
     int8 = points.get(f"ours:{default_int8}") if default_int8 else None
     levels = {(r["backend"], r["precision"]): r["tokens_per_s"] for r in summary["concurrency"]}
     scaling, served_vs_engine = {}, {}
@@ -143,19 +145,12 @@ def goals(summary: dict, files: dict) -> dict:
     }  # fmt: skip
 
 
-def _default_variant(files: dict, precision: str) -> str | None:
-    """The variant whose file is byte-identical in size to the export's ``precision`` file (what --quantize wrote)."""
-    export = files.get(precision)
-    if export is None:
-        return None
-    size = data.file_mb([export, export.with_name(export.name + ".data")])
-    for name, path in files.items():
-        if (
-            name not in ("fp32", "int8", "int4")
-            and data.file_mb([path, path.with_name(path.name + ".data")]) == size
-        ):
-            return name
-    return precision
+def default_variant(precision: str) -> str | None:
+    """The variant (`variants.VARIANTS`) that ``adamix-export --quantize PRECISION`` writes for builder decoders."""
+    from adamix_deploy.exporters.quantize import BUILDER_DECODERS
+    from benchmarks.generation_frontier.variants import VARIANTS
+
+    return next((name for name, v in VARIANTS.items() if v == BUILDER_DECODERS[precision]), None)
 
 
 def with_rounds(speed: dict) -> dict:
@@ -251,6 +246,12 @@ def report() -> None:
                   [[r["precision"], f"{r['shared']:.1f}", f"{r['padded']:.1f}", f"{r['ratio']:.2f}x",
                     f"{r['first_token_ms_shared']:.1f} / {r['first_token_ms_padded']:.1f}"]
                    for r in summary["our_caches"]])  # fmt: skip
+    if summary.get("alternating"):
+        out()
+        out.table(["same graph, one process, alternating (5 rounds)", "genai's loop tokens/s", "ours tokens/s",
+                   "ours / genai (median of rounds)"],
+                  [[r["file"], " / ".join(map(str, r["genai"])), " / ".join(map(str, r["ours"])),
+                    f"{r['ours_vs_genai']:.2f}x"] for r in summary["alternating"]])  # fmt: skip
     if summary["concurrency"]:
         levels = sorted({int(c) for r in summary["concurrency"] for c in r["tokens_per_s"]})
         out()
