@@ -17,6 +17,7 @@ from adamix_deploy.exporters.adapter_export import export_adapter, write_adapter
 from adamix_deploy.exporters.pipeline import export_checkpoint
 from adamix_deploy.testing.processes import ServerProcess
 
+from helpers.adapters import reperturb
 from helpers.http import PROMPTS, TEXTS, reference_scores
 from helpers.models import make_checkpoint
 
@@ -51,27 +52,13 @@ def folders(tiny_bert, tiny_llama, tmp_path_factory) -> dict:
     ]
     for seed, (base, model, task, name, spec, labels) in enumerate(plan):
         ckpt = make_checkpoint(model, task, spec, root / f"{name}-ckpt", labels=labels or ("0", "1"))
-        _reperturb(ckpt, seed)  # make_checkpoint always seeds 0: each adapter gets weights of its own
+        reperturb(ckpt, seed)  # make_checkpoint always seeds 0: each adapter gets weights of its own
         export_adapter(ckpt, root / base, name=name, greedy_steps=4)
         export_checkpoint(ckpt, root / f"{name}-folded", greedy_steps=4)
     for name, base in (("extra", "nlu"), ("extra-gen", "nlg")):  # served from elsewhere: POST /v1/adapters
         shutil.move(root / base / ADAPTERS_FOLDER / name, root / name)
     (root / "keys").write_text(KEY + "\n")
     return {"root": root}
-
-
-def _reperturb(ckpt, seed: int) -> None:
-    """Give checkpoint ``ckpt`` LoRA weights of its own (seeded), rewriting its safetensors."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    file = ckpt / "mixture.safetensors"
-    weights = load_file(file)
-    generator = torch.Generator().manual_seed(seed)
-    for name, value in weights.items():
-        if "lora_" in name:
-            weights[name] = value + 0.3 * torch.randn(value.shape, generator=generator)
-    save_file(weights, file)
 
 
 @pytest.fixture(scope="module")
