@@ -140,7 +140,7 @@ class SharedBufferCache:
         self._buffers: Feeds = {}
         self.capacity = 0
         self.rows = 0
-        self._lengths: list[int] = []  # each row's cache length, for the moves of `keep` and `reserve`
+        self._lengths: list[int] = []  # each row's cache length: how many columns `keep` moves
         self._staged = 0
         self._binding: ort.IOBinding | None = None
         self._bound: tuple[int, int] | None = None
