@@ -130,7 +130,7 @@ def engine_one(path: str, concurrency: int) -> dict:
 
     session = open_session(path, threads=data.THREADS)
     tokenizer = Tokenizer.from_file(str(data.EXPORT / "tokenizer.json"))
-    engine = GenerationEngine(session, tokenizer, frozenset(data.eos_ids()), max(CONCURRENCY), 1024, "bench")
+    engine = GenerationEngine(session, tokenizer, data.eos_ids(), max(CONCURRENCY), 1024, "bench")
     engine.start()
 
     def send(ids) -> int:

@@ -50,11 +50,11 @@ def mrs() -> list[str]:
     return json.loads(MRS.read_text())
 
 
-def eos_ids() -> frozenset[int]:
+def eos_ids(export: Path = EXPORT) -> frozenset[int]:
     """The export's end-of-sequence ids, as the server reads them."""
     from adamix_deploy.serving.engine.model_folder import read_model_folder
 
-    return read_model_folder(EXPORT, "fp32").eos_token_ids
+    return read_model_folder(export, "fp32").eos_token_ids
 
 
 def references() -> list[list[str]]:

@@ -161,13 +161,6 @@ def convert(export: Path) -> None:
     print(json.dumps(result), flush=True)
 
 
-def eos_ids(export: Path) -> list[int]:
-    """The export's end-of-sequence ids, as the server reads them."""
-    from adamix_deploy.serving.engine.model_folder import read_model_folder
-
-    return sorted(read_model_folder(export, "fp32").eos_token_ids)
-
-
 def tokenizer_check(arm: Arm, export: Path, prompts: list[list[int]], scratch: Path) -> dict:
     """Whether llama.cpp's own tokenizer (the GGUF's) gives our ids for the prompts' text."""
     from tokenizers import Tokenizer
@@ -189,7 +182,7 @@ def decode(
 ) -> None:
     done = {r["key"] for r in read_records(run.quality)}
     prompts = json.loads(prompts_file.read_text())[: run.decode_prompts]
-    eos = eos_ids(export)
+    eos = sorted(data.eos_ids(export))
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "prompts.json"
         path.write_text(json.dumps(prompts))
@@ -229,7 +222,7 @@ def speed(
 ) -> None:
     done = {r["key"] for r in read_records(run.speed)}
     all_prompts = json.loads(prompts_file.read_text())
-    eos = eos_ids(export)
+    eos = sorted(data.eos_ids(export))
     with tempfile.TemporaryDirectory() as scratch:
         for peer in peers:
             for arm in selected(peer, export, precisions):
