@@ -131,8 +131,10 @@ class Arm:
 ARMS = {
     "lora": Arm(experts=1, consistency=0.0),
     f"adamix-lora-{ADAMIX_EPOCH_MULTIPLIER}x": Arm(None, None, ADAMIX_EPOCH_MULTIPLIER),
+    "lora-4x": Arm(experts=1, consistency=0.0, epoch_multiplier=4),
+    "adamix-lora-4x": Arm(None, None, 4),
 }
-SINGLE, ADAMIX = list(ARMS)
+SINGLE, ADAMIX = list(ARMS)[:2]
 METRICS = {  # key in a run's test scores: (label, higher is better)
     "bleu": ("BLEU", True),
     "rouge_l": ("ROUGE-L", True),
