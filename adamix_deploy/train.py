@@ -165,6 +165,10 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
         return evaluate_generation_loss(model, eval_items, tokenizer.pad_token_id, options.eval_routing)
 
     steps_this_run = 0
+
+    def stopping() -> bool:  # --stop-after reached, training not finished
+        return bool(options.stop_after) and steps_this_run >= options.stop_after and step < total_steps
+
     show = options.progress and dist.is_main
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not show)
     for epoch in range(step // steps_per_epoch, options.epochs):
@@ -188,7 +192,7 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
             losses.append(dist.global_loss(loss.item(), weight))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", kl=f"{parts['consistency']:.4f}")
-            if options.stop_after and steps_this_run >= options.stop_after and step < total_steps:
+            if stopping() and index < steps_per_epoch - 1:  # at an epoch's end: after its evaluation
                 elapsed += time.perf_counter() - start
                 save(complete=False)
                 bar.close()
@@ -204,6 +208,9 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
             tqdm.write(epoch_line(epoch + 1, options.epochs, history[-1]), file=sys.stderr)
         if step < total_steps:
             save(complete=False)
+        if stopping():
+            bar.close()
+            return {"output": str(output), "complete": False, "step": step, "total_steps": total_steps}
     bar.close()
 
     def conclude() -> dict:

@@ -42,6 +42,7 @@ from benchmarks.common.pages import Markdown
 from benchmarks.common.paths import WORK
 from benchmarks.common.plots import means_with_intervals, paired_differences, pyplot, save
 from benchmarks.common.stats import median_of, paired, t_interval
+from benchmarks.adamix_quality.epochwise import train_scoring_epochs
 from benchmarks.common.trials import Protocol, Trial
 
 SPLITS = WORK / "sst2_splits"  # derived from ../shared/data, so never committed; SPLIT_SEED recreates them
@@ -90,6 +91,10 @@ COMPARISONS = [  # (arm, against): the paired differences the report shows
     ("adamix-lora-2x", "peft-lora"),
     ("lora", "peft-lora"),
 ]
+# The selection study (phase "epochs"): these pairs rerun at their final settings and seeds, scored after every
+# epoch, so that the report can pick the checkpoint three ways (`epochwise.py`). Pair by pair, seed by seed.
+SELECTION_PAIRS = [("adamix-lora-2x", "lora"), ("adamix-adapter-2x", "adapter")]
+SELECTION_SETS = ("val", "test", "dev")
 
 
 # -- splits ------------------------------------------------------------------------------------------------------
@@ -161,6 +166,12 @@ def final_plan(done: dict) -> list[Trial]:
     return [Trial("final", name, *setting, seed) for seed in FINAL_SEEDS for name, setting in settings.items()]
 
 
+def selection_plan(done: dict) -> list[Trial]:
+    """The finals of SELECTION_PAIRS again, scored after every epoch: pair by pair, seed by seed."""
+    return [Trial("epochs", arm, *chosen(done, arm), seed)
+            for pair in SELECTION_PAIRS for seed in FINAL_SEEDS for arm in pair]  # fmt: skip
+
+
 class SST2(Protocol):
     runs_file = "adamix_sst2_runs.jsonl"
     summary_file, plot_file = "adamix_sst2.json", "adamix_sst2.png"
@@ -180,7 +191,8 @@ class SST2(Protocol):
         tuning = tuning_plan(done)
         if any(t.key not in done for t in tuning) or any(chosen(done, arm) is None for arm in ARMS):
             return tuning
-        return final_plan(done)
+        finals = final_plan(done)
+        return finals if any(t.key not in done for t in finals) else selection_plan(done)
 
     def run_one(self, trial: Trial, splits: Path, options) -> dict:
         """Train one arm at one setting and score it (in this process or a worker)."""
@@ -190,6 +202,8 @@ class SST2(Protocol):
 
         torch.set_num_threads(options.threads)
         arm = ARMS[trial.arm]
+        if trial.phase == "epochs":
+            return self._run_epochs(trial, arm, splits, options)
         device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         sets = ["val"] + (["test", "dev"] if trial.phase == "final" else [])
         started = time.perf_counter()
@@ -211,7 +225,30 @@ class SST2(Protocol):
         return {**self.record(trial), "scores": scores, "train_seconds": round(train_seconds, 1),
                 "device": str(device)}  # fmt: skip
 
+    def _run_epochs(self, trial: Trial, arm: Arm, splits: Path, options) -> dict:
+        """One run scored on every set after every epoch (`average` routing: the merged model)."""
+        from adamix_deploy.routing_comparison import compare_routings
+
+        def score(checkpoint) -> dict:
+            out = {}
+            for name in SELECTION_SETS:
+                result = compare_routings(checkpoint, splits / f"{name}.tsv", ["average"])["routings"]["average"]
+                out[name] = {k: result[k] for k in SCORES}
+            return out
+
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            steps_per_epoch = math.ceil(TRAIN_SIZE / BATCH)
+            summary, per_epoch = train_scoring_epochs(
+                _options(trial, arm, options.model, splits, options.device, Path(tmp)), steps_per_epoch, score
+            )
+        return {**self.record(trial), "per_epoch": per_epoch, "train_seconds": summary["train_seconds"],
+                "wall_seconds": round(time.perf_counter() - started, 1), "threads": options.threads}  # fmt: skip
+
     def describe(self, row: dict) -> str:
+        if row["phase"] == "epochs":
+            accuracy = " ".join(f"{e['val']['accuracy']:.3f}/{e['test']['accuracy']:.3f}" for e in row["per_epoch"])
+            return f"{row['key']}: val/test by epoch {accuracy} ({row['wall_seconds']} s)"
         return f"{row['key']}: val {row['scores']['val_average']['accuracy']:.4f} ({row['train_seconds']} s)"
 
     def report(self, rows: list[dict], options, previous: dict) -> tuple[dict, Markdown]:
@@ -305,19 +342,24 @@ def _signed(interval) -> str:
 # -- training ----------------------------------------------------------------------------------------------------
 def _train_ours(trial: Trial, arm: Arm, model: str, splits: Path, device: str | None, tmp: Path):
     from adamix_deploy.checkpoint import load_checkpoint
-    from adamix_deploy.config import MixtureSpec, TrainOptions
     from adamix_deploy.train import train
+
+    train(_options(trial, arm, model, splits, device, tmp))
+    return load_checkpoint(tmp / "run")
+
+
+def _options(trial: Trial, arm: Arm, model: str, splits: Path, device: str | None, tmp: Path):
+    """The TrainOptions of one of our arms (every arm but PEFT's), writing to ``tmp / "run"``."""
+    from adamix_deploy.config import MixtureSpec, TrainOptions
 
     spec = MixtureSpec(arm.method, experts=arm.experts, share="up", rank=8, alpha=16.0, bottleneck=16,
                        init="official")  # fmt: skip
-    options = TrainOptions(
+    return TrainOptions(
         model=model, task="classification", train_file=str(splits / "train.tsv"), output=str(tmp / "run"),
         mixture=spec, consistency_weight=arm.consistency, epochs=trial.epochs, batch_size=BATCH, lr=trial.lr,
         weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP, max_length=MAX_LENGTH, seed=trial.seed,
         train_pooler=True, progress=False, device=device,
     )  # fmt: skip
-    train(options)
-    return load_checkpoint(tmp / "run")
 
 
 def _train_peft(trial: Trial, model: str, splits: Path, device):

@@ -80,6 +80,17 @@ def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(tiny_bert,
     assert not (tmp_path / "b" / "training_state.json").exists()  # finished checkpoints carry no optimizer
 
 
+def test_a_stop_at_an_epoch_end_keeps_that_epoch_record(tiny_bert, sentiment_files, tmp_path):
+    """6 steps an epoch: a stop after 6 evaluates and records epoch 1 before it saves, as a straight run does."""
+    straight = read_checkpoint_config(train(options(tiny_bert, sentiment_files, tmp_path / "a"))["output"])
+    partial = train(options(tiny_bert, sentiment_files, tmp_path / "b", stop_after=6))
+    assert partial["step"] == 6 and partial["complete"] is False
+    assert [h["epoch"] for h in read_checkpoint_config(tmp_path / "b").training["history"]] == [1]
+    train(options(tiny_bert, sentiment_files, tmp_path / "b"), resume=True)
+    resumed = read_checkpoint_config(tmp_path / "b")
+    assert resumed.training["history"] == straight.training["history"]
+
+
 def test_unknown_or_broken_checkpoints_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint folder"):
         read_checkpoint_config(tmp_path / "missing")
