@@ -24,6 +24,7 @@ from adamix_deploy.config import (
 from adamix_deploy.contracts.command import run_one_line_errors
 from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.contracts.tasks import TASKS
+from adamix_deploy.selection import SELECTION_METRICS
 from adamix_deploy.training_report import headline
 
 # Options of the command that are not training options, and CLI names that differ from the field names.
@@ -153,6 +154,19 @@ def chosen_options(ctx: click.Context, values: dict) -> dict:
     default=field_default("save_every"),
     show_default=True,
     help="Also checkpoint every N steps.",
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=0),
+    default=field_default("eval_every"),
+    show_default=True,
+    help="Evaluate on --eval-file every N steps and at the last step (0: after each epoch).",
+)
+@click.option(
+    "--select-best",
+    type=click.Choice(list(SELECTION_METRICS)),
+    help="Keep the weights of the best evaluation by this metric (loss: lowest; bleu, rouge_l need "
+    "--generate-eval). The checkpoint records its step, epoch and score. Default: the last weights.",
 )
 @click.option("--stop-after", type=int, help="Save and stop after N steps (continue with --resume).")
 @click.option("--resume", is_flag=True, help="Continue the unfinished run in --output.")

@@ -17,6 +17,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from adamix_deploy.contracts.errors import AdamixError
 from adamix_deploy.contracts.tasks import DEFAULT_PROMPT_TEMPLATE, TASKS
 from adamix_deploy.routing import Routing
+from adamix_deploy.selection import SELECTION_METRICS
 
 SHARE_CHOICES = ("up", "down", "none")
 METHODS = ("adapter", "lora", "head")
@@ -150,6 +151,8 @@ class TrainOptions:
     generate_eval: int = 0  # generation: decode this many eval inputs at the end for BLEU / ROUGE-L
     max_new_tokens: int = 64
     save_every: int = 0  # also checkpoint every N steps (0: at the end of each epoch only)
+    eval_every: int = 0  # evaluate every N steps and at the last one (0: at the end of each epoch)
+    select_best: str | None = None  # keep the weights of the best evaluation by this metric (selection.py)
     stop_after: int | None = None  # save and stop after N steps in this invocation (continue with --resume)
     progress: bool = True
 
@@ -199,6 +202,27 @@ class TrainOptions:
         if "{prompt}" not in self.prompt_template:
             raise AdamixError("prompt template must contain {prompt}")
         Routing.parse(self.eval_routing)
+        self._check_selection()
+
+    def _check_selection(self) -> None:
+        if self.eval_every < 0:
+            raise AdamixError(f"eval every must be >= 0, got {self.eval_every}")
+        if self.eval_every and not self.eval_file:
+            raise AdamixError("--eval-every needs --eval-file (the set it evaluates)")
+        if self.select_best is None:
+            return
+        metric = SELECTION_METRICS.get(self.select_best)
+        if metric is None:
+            raise AdamixError(f"select best must be one of {', '.join(SELECTION_METRICS)}, got {self.select_best!r}")
+        if self.task not in metric.keys:
+            usable = [name for name, m in SELECTION_METRICS.items() if self.task in m.keys]
+            raise AdamixError(f"--select-best {self.select_best} does not apply to {self.task} (use one of "
+                              f"{', '.join(usable)})")  # fmt: skip
+        if not self.eval_file:
+            raise AdamixError("--select-best needs --eval-file (the set the checkpoint is chosen on)")
+        if metric.decoded and not self.generate_eval:
+            raise AdamixError(f"--select-best {self.select_best} decodes eval inputs at every evaluation: give "
+                              "--generate-eval N (how many)")  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)

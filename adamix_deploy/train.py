@@ -18,7 +18,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from adamix_deploy.checkpoint import checkpoint_config, read_training_state, save_checkpoint
+from adamix_deploy.checkpoint import (
+    checkpoint_config,
+    load_trainable_weights,
+    read_training_state,
+    save_checkpoint,
+    trainable_weights,
+)
 from adamix_deploy.collate import collate, encode_classification, encode_generation, model_input_names
 from adamix_deploy.config import TrainOptions
 from adamix_deploy.contracts.atomic import recover_interrupted_replace
@@ -37,6 +43,7 @@ from adamix_deploy.evaluation import (
 from adamix_deploy.mixture import set_routing
 from adamix_deploy.mixture_model import build_mixture_model, load_tokenizer
 from adamix_deploy.packaged_models import resolve_model
+from adamix_deploy.selection import SELECTION_METRICS, Selection
 from adamix_deploy.training_report import epoch_line, mean, run_summary
 from adamix_deploy.training_state import capture_training_state, restore_training_state
 
@@ -125,9 +132,17 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
     total_steps = steps_per_epoch * options.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(options.warmup_ratio * total_steps), total_steps)
 
-    step, history, elapsed = 0, [], 0.0
+    # What the loop has done so far: a resumed run continues from the checkpoint's record.
+    step, history, evaluations, elapsed = 0, [], [], 0.0
+    losses: list[float] = []  # this epoch's step losses (a resume mid-epoch continues the list)
+    selection = Selection(options.select_best, options.task) if options.select_best else None
+    best_weights: dict[str, torch.Tensor] | None = None
     if state is not None:
-        step, history, elapsed = restore_training_state(model, optimizer, scheduler, state, output)
+        progress, best_weights = restore_training_state(model, optimizer, scheduler, state, output)
+        step, history, elapsed = progress["step"], progress["history"], progress["elapsed"]
+        evaluations, losses = progress.get("evaluations", []), progress.get("epoch_losses", [])
+        if selection is not None and progress.get("selection"):
+            selection = Selection.from_dict(progress["selection"])
     dist.share_routing(model)  # several processes: from here on, all draw the same routes
     objective = dist.objective(model, options.task, options.consistency_weight, options.label_smoothing)
 
@@ -144,6 +159,8 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
             "step": step,
             "total_steps": total_steps,
             "history": history,
+            "evaluations": evaluations,
+            **({"selection": selection.to_dict()} if selection else {}),
             "train_seconds": round(elapsed, 2),
             "options": {**options.to_dict(), "stop_after": None, "progress": True},
             **(extra or {}),
@@ -151,18 +168,48 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
         if dist.is_main:  # one writer; the others wait until the folder is in place
             run_state = None
             if not complete:
-                run_state = capture_training_state(optimizer, scheduler, step, history, elapsed, dist.rng_state())
+                progress = {"step": step, "history": history, "elapsed": elapsed, "evaluations": evaluations,
+                            "epoch_losses": losses if step % steps_per_epoch else [],
+                            "selection": selection.to_dict() if selection else None}  # fmt: skip
+                run_state = capture_training_state(optimizer, scheduler, progress, dist.rng_state(), best_weights)
             save_checkpoint(output, replace(config, training=training), model, tokenizer, run_state)
         dist.barrier()
 
+    decode_each_time = selection is not None and SELECTION_METRICS[selection.metric].decoded
+
+    def decode() -> dict:
+        """BLEU / ROUGE-L of the first --generate-eval eval inputs, with three samples."""
+        set_routing(model, options.eval_routing)
+        prompts = [p for p, _ in references]
+        predictions = generate_texts(model, tokenizer, prompts, options.prompt_template, options.max_new_tokens)
+        scores = generation_scores(predictions, [refs for _, refs in references])
+        samples = [{"prompt": p, "prediction": t} for p, t in zip(prompts[:3], predictions[:3], strict=True)]
+        return {**scores, "samples": samples}
+
     def evaluate() -> dict:
-        if not eval_items:
-            return {}
         if options.task == "classification":
             return evaluate_classification(model, eval_items, tokenizer.pad_token_id, options.eval_routing)
         if options.task == "regression":
             return evaluate_regression(model, eval_items, tokenizer.pad_token_id, options.eval_routing)
-        return evaluate_generation_loss(model, eval_items, tokenizer.pad_token_id, options.eval_routing)
+        metrics = evaluate_generation_loss(model, eval_items, tokenizer.pad_token_id, options.eval_routing)
+        if decode_each_time:
+            metrics.update({k: v for k, v in decode().items() if k != "samples"})
+        return metrics
+
+    def evaluation_point() -> dict:
+        """Evaluate (rank 0; every rank gets the metrics), record it, and keep the weights if they are the best."""
+        nonlocal best_weights
+        if not eval_items:
+            return {}
+        metrics = dist.from_main(evaluate)
+        epoch = round(step / steps_per_epoch, 3)
+        evaluations.append({"step": step, "epoch": epoch, "eval": metrics})
+        if selection is not None and selection.offer(step, epoch, metrics):
+            best_weights = trainable_weights(model)  # every rank holds the same weights (DDP)
+        if dist.is_main and selection is not None:
+            tqdm.write(f"step {step}: {selection.metric} best {selection.score:.4f} at step {selection.step}",
+                       file=sys.stderr)  # fmt: skip
+        return metrics
 
     steps_this_run = 0
 
@@ -174,8 +221,10 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
     for epoch in range(step // steps_per_epoch, options.epochs):
         model.train()
         order = torch.randperm(len(train_items), generator=torch.Generator().manual_seed(options.seed + epoch))
-        losses = []
+        if step == epoch * steps_per_epoch:
+            losses = []
         start = time.perf_counter()
+        epoch_metrics = {}
         for index in range(step - epoch * steps_per_epoch, steps_per_epoch):
             chunk = order[index * options.batch_size : (index + 1) * options.batch_size].tolist()
             items, weight = dist.shard(chunk, train_items, options.task)  # this rank's part of the global batch
@@ -192,6 +241,11 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
             losses.append(dist.global_loss(loss.item(), weight))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", kl=f"{parts['consistency']:.4f}")
+            if options.eval_every and (step % options.eval_every == 0 or step == total_steps):
+                elapsed += time.perf_counter() - start  # evaluation time is not training time
+                epoch_metrics = evaluation_point()
+                model.train()
+                start = time.perf_counter()
             if stopping() and index < steps_per_epoch - 1:  # at an epoch's end: after its evaluation
                 elapsed += time.perf_counter() - start
                 save(complete=False)
@@ -202,8 +256,11 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
                 start = time.perf_counter()
                 save(complete=False)
         elapsed += time.perf_counter() - start
-        metrics = dist.from_main(evaluate)  # rank 0 evaluates; every rank records its metrics
-        history.append({"epoch": epoch + 1, "step": step, "train_loss": mean(losses), "eval": metrics})
+        if not options.eval_every:
+            epoch_metrics = evaluation_point()
+        elif not (evaluations and evaluations[-1]["step"] == step):
+            epoch_metrics = {}  # --eval-every: this epoch's end was no evaluation point
+        history.append({"epoch": epoch + 1, "step": step, "train_loss": mean(losses), "eval": epoch_metrics})
         if dist.is_main:
             tqdm.write(epoch_line(epoch + 1, options.epochs, history[-1]), file=sys.stderr)
         if step < total_steps:
@@ -213,20 +270,13 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
             return {"output": str(output), "complete": False, "step": step, "total_steps": total_steps}
     bar.close()
 
-    def conclude() -> dict:
+    if selection is not None:  # the finished checkpoint holds the best evaluation's weights
+        load_trainable_weights(model, best_weights, output)
+        best = next(e for e in reversed(evaluations) if e["step"] == selection.step)
+        final = {"eval": best["eval"]}
+    else:
         final = {"eval": history[-1]["eval"] if history else {}}
-        if references:
-            set_routing(model, options.eval_routing)
-            prompts = [p for p, _ in references]
-            predictions = generate_texts(
-                model, tokenizer, prompts, options.prompt_template, options.max_new_tokens
-            )
-            final["generation"] = generation_scores(predictions, [refs for _, refs in references])
-            final["generation"]["samples"] = [
-                {"prompt": p, "prediction": t} for p, t in zip(prompts[:3], predictions[:3], strict=True)
-            ]
-        return final
-
-    final = dist.from_main(conclude)
+    if references:
+        final["generation"] = dist.from_main(decode)
     save(True, final)
-    return run_summary(output, config, history, final, elapsed, step)
+    return run_summary(output, config, history, final, elapsed, step, selection)

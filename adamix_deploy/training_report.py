@@ -5,11 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from adamix_deploy.contracts.checkpoint_format import CheckpointConfig
+from adamix_deploy.selection import Selection
 
 
 def run_summary(
-    output: Path, config: CheckpointConfig, history: list, final: dict, elapsed: float, step: int
+    output: Path,
+    config: CheckpointConfig,
+    history: list,
+    final: dict,
+    elapsed: float,
+    step: int,
+    selection: Selection | None = None,
 ) -> dict:
+    """``metric`` and ``eval`` describe the weights saved: the best evaluation's with ``--select-best``."""
     metric = _headline_metric(config.task, final)
     return {
         "output": str(output),
@@ -29,6 +37,7 @@ def run_summary(
         "train_seconds": round(elapsed, 2),
         "steps": step,
         "epochs": len(history),
+        **({"selection": selection.to_dict()} if selection else {}),
     }
 
 

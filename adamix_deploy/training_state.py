@@ -1,4 +1,5 @@
-"""What an unfinished run saves beside its checkpoint for ``--resume``: optimizer, scheduler and RNG state.
+"""What an unfinished run saves beside its checkpoint for ``--resume``: optimizer, scheduler and RNG state,
+and with ``--select-best`` the best weights so far.
 
 safetensors holds only flat tensors, so the state is split into tensors (``training_state.safetensors``) and a
 JSON skeleton (``training_state.json``); `restore_training_state` puts them back together. A resumed run ends
@@ -16,15 +17,20 @@ from safetensors.torch import load_file
 from adamix_deploy.checkpoint import load_trainable_weights
 from adamix_deploy.contracts.checkpoint_format import WEIGHTS_NAME
 
+BEST_PREFIX = "best."  # the best weights so far, beside the optimizer's tensors
+
 
 def capture_training_state(
-    optimizer, scheduler, step: int, history: list, elapsed: float, rng_state: torch.Tensor | None = None
+    optimizer, scheduler, progress: dict, rng_state: torch.Tensor | None = None, best_weights: dict | None = None
 ) -> tuple[dict, dict]:
     """Optimizer, scheduler and RNG state as (tensors, JSON): safetensors cannot hold nested structures.
-    ``rng_state``: torch's global generator by default; under torchrun the routing state that every rank
-    shares (`distributed.py`), which a resumed run restores into the global generator before sharing it again."""
+    ``progress``: the loop's JSON record (step, history, elapsed, evaluations, selection). ``rng_state``: torch's
+    global generator by default; under torchrun the routing state that every rank shares (`distributed.py`),
+    which a resumed run restores into the global generator before sharing it again. ``best_weights``: the
+    trainable weights ``--select-best`` keeps so far."""
     opt = optimizer.state_dict()
     tensors = {"rng.torch": torch.get_rng_state() if rng_state is None else rng_state}
+    tensors.update({f"{BEST_PREFIX}{name}": value for name, value in (best_weights or {}).items()})
     skeleton = {}
     for pid, slots in opt["state"].items():
         skeleton[str(pid)] = {}
@@ -35,9 +41,7 @@ def capture_training_state(
             else:
                 skeleton[str(pid)][key] = value
     state = {
-        "step": step,
-        "history": history,
-        "elapsed": elapsed,
+        **progress,
         "optimizer_state": skeleton,
         "param_groups": opt["param_groups"],
         "scheduler": scheduler.state_dict(),
@@ -47,7 +51,9 @@ def capture_training_state(
 
 def restore_training_state(
     model, optimizer, scheduler, state: tuple[dict, dict], output: Path
-) -> tuple[int, list, float]:
+) -> tuple[dict, dict | None]:
+    """Put a saved run back; returns its progress record (what `capture_training_state` was given) and the
+    best weights kept so far (None without ``--select-best``)."""
     tensors, info = state
     load_trainable_weights(model, load_file(output / WEIGHTS_NAME), output)
     opt_state = {
@@ -57,4 +63,6 @@ def restore_training_state(
     optimizer.load_state_dict({"state": opt_state, "param_groups": info["param_groups"]})
     scheduler.load_state_dict(info["scheduler"])
     torch.set_rng_state(tensors["rng.torch"])
-    return info["step"], info["history"], info["elapsed"]
+    best = {k[len(BEST_PREFIX) :]: v for k, v in tensors.items() if k.startswith(BEST_PREFIX)}
+    progress = {k: v for k, v in info.items() if k not in ("optimizer_state", "param_groups", "scheduler")}
+    return progress, best or None

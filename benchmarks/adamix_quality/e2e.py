@@ -12,9 +12,14 @@ The protocol, fixed before any run:
   alpha 32 on q_proj and v_proj, LoRA dropout 0.1, label smoothing 0.1, weight decay 0.01, linear schedule
   with 2 % warm-up, A copied into every expert (official init), batch 8, gradient clipping at 1.0 (as
   everywhere in this repo; the official NLG runs do not clip).
-    lora            the single module: experts 1, no consistency loss (`run_train_e2e_lora_only.sh`)
-    adamix-lora-2x  M = 8 A experts, one shared B, consistency weight 100 per target token, trained for
-                    ADAMIX_EPOCH_MULTIPLIER (2) x the single LoRA's epochs (official: 4x, 20 vs 5)
+    lora            the single module: experts 1, no consistency loss (`run_train_e2e_lora_only.sh`), 1 epoch
+    adamix-lora-2x  M = 8 A experts, one shared B, consistency weight 100 per target token, 2 epochs (the
+                    first study: 2x the single LoRA's budget)
+    adamix-lora-4x  the same mixture for 4 epochs: the official ratio (AdaMix 20 epochs against LoRA's 5)
+    lora-4x         the single module for 4 epochs: the control for training length (added with the 4x
+                    arm: is AdaMix at 4x level with a single LoRA trained as long?)
+  The comparisons (COMPARISONS): adamix-lora-2x and adamix-lora-4x against lora (the paper's framing), and
+  adamix-lora-4x against lora-4x (the same budget).
 - Learning rate: tuned per arm, alike. With more than one value in LRS each arm's rate is chosen on the
   validation set only (never on test), by that arm's mean validation token loss (no smoothing, the merged
   model) over TUNING_SEEDS (never reused in the final runs), ties to the smaller rate. The epochs are not
@@ -28,18 +33,22 @@ The protocol, fixed before any run:
   cross-entropy of the references given the MR, no smoothing) on TEST_LOSS_PAIRS seeded pairs of those MRs.
   Report: mean with a 95 % t-interval per arm; per-seed paired differences (same data, same seed) with their
   mean, 95 % t-interval and the count of seeds won (lower loss wins).
+- Selection (the 4x pair, SELECTION_PAIR): the final runs train one epoch per call and are scored on validation
+  and test after every epoch (`epochwise.py`; a resumed run equals an uninterrupted one), so the report can
+  compare three ways of picking the checkpoint: the last one (the headline figures), the best epoch on the
+  validation MRs, and the best epoch on the test MRs themselves (the paper's protocol: it picks on the set it
+  reports), each metric chosen on itself.
 
 What is scaled down from the official E2E settings, and why (a 2-core CPU shared with other benchmarks,
 no GPU; the whole plan has to fit in about 2-3 CPU hours, spread over sessions):
 - model: SmolLM2-135M-Instruct (the packaged model), not GPT-2 medium (355M);
 - training data: TRAIN_PAIRS (512) devset pairs, not the 42k-pair E2E train split (not available here);
-- epochs: LORA_EPOCHS (1) for LoRA and 2x that (2) for AdaMix, not 5 and 20: 64 / 128 steps of batch 8,
-  not ~26k / ~105k. Two epochs for LoRA (four for AdaMix) would cost about 4 h, over the budget;
-- AdaMix's budget: ADAMIX_EPOCH_MULTIPLIER = 2x the single LoRA's epochs, not the official 4x;
+- epochs: LORA_EPOCHS (1) for LoRA, 2 and 4 for AdaMix and 4 for the length control, not 5 and 20: 64, 128
+  and 256 steps of batch 8, not ~26k / ~105k;
+- AdaMix's budget: 2x and 4x the single LoRA's epochs (the official ratio is 4x);
 - learning rate: the official 2e-4 barely moves in 64 steps, so LRS = (5e-4, 2e-3) are checked on each arm
   with one tuning seed on the devset validation MRs (a 2-point check, not a search: the single LoRA chose the
-  upper rate and AdaMix the lower, both at an edge of the grid); the checkpoint is the last one (no model
-  selection);
+  upper rate and AdaMix-2x the lower, both at an edge of the grid); the headline checkpoint is the last one;
 - warm-up: the official ~2 % as a ratio (1 / 2 steps here), not a fixed 500 / 2000 steps;
 - sequence length: MAX_LENGTH 128 tokens for template(MR) + reference + eos (1 of the 4,672 devset pairs is
   longer and is cut), not 512;
@@ -75,6 +84,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.adamix_quality.epochwise import (
+    selection_header,
+    selection_rows,
+    selection_study,
+    train_scoring_epochs,
+)
 from benchmarks.common.pages import Markdown
 from benchmarks.common.paths import DATA, WORK
 from benchmarks.common.plots import interval_marker, paired_differences, pyplot, save
@@ -96,7 +111,6 @@ SEEDS = (0, 1, 2)
 TUNING_SEEDS = (100,)
 LRS = (5e-4, 2e-3)  # the 2-point learning-rate check (one value: no tuning phase)
 LORA_EPOCHS = 1  # 64 steps at 512 pairs; AdaMix 2 epochs, 128 steps (sized in the docstring)
-ADAMIX_EPOCH_MULTIPLIER = 2  # AdaMix's epochs = this x the single LoRA's (official E2E: 4)
 BATCH = 8
 MAX_LENGTH = 128  # tokens of template(MR) + reference + eos
 MAX_NEW_TOKENS = 64  # the official eval_len
@@ -129,12 +143,17 @@ class Arm:
 
 
 ARMS = {
-    "lora": Arm(experts=1, consistency=0.0),
-    f"adamix-lora-{ADAMIX_EPOCH_MULTIPLIER}x": Arm(None, None, ADAMIX_EPOCH_MULTIPLIER),
-    "lora-4x": Arm(experts=1, consistency=0.0, epoch_multiplier=4),
-    "adamix-lora-4x": Arm(None, None, 4),
+    "lora": Arm(experts=1, consistency=0.0),  # 64 steps
+    "adamix-lora-2x": Arm(None, None, 2),  # 128 steps
+    "lora-4x": Arm(experts=1, consistency=0.0, epoch_multiplier=4),  # 256 steps: the control for length
+    "adamix-lora-4x": Arm(None, None, 4),  # 256 steps: the official ratio to the single LoRA (20 vs 5 epochs)
 }
-SINGLE, ADAMIX = list(ARMS)[:2]
+COMPARISONS = [  # (arm, against): the paired differences the report shows
+    ("adamix-lora-2x", "lora"),
+    ("adamix-lora-4x", "lora"),  # the paper's comparison: AdaMix at 4x the single LoRA's budget
+    ("adamix-lora-4x", "lora-4x"),  # ... and against a single LoRA trained as long
+]
+SELECTION_PAIR = ("adamix-lora-4x", "lora-4x")  # final runs scored after every epoch (epochwise.py)
 METRICS = {  # key in a run's test scores: (label, higher is better)
     "bleu": ("BLEU", True),
     "rouge_l": ("ROUGE-L", True),
@@ -304,31 +323,48 @@ class E2EGeneration(Protocol):
         return final_plan(done, self.sizes)
 
     def run_one(self, trial: Trial, splits: dict, options) -> dict:
+        """Train one run and score its last checkpoint (tuning: on validation; final: on test). The finals of
+        SELECTION_PAIR are trained epoch by epoch and scored on validation and test after every epoch."""
         import torch
 
         from adamix_deploy.checkpoint import load_checkpoint
+        from adamix_deploy.contracts.checkpoint_format import read_checkpoint_config
         from adamix_deploy.train import train
 
         torch.set_num_threads(options.threads)
-        arm = ARMS[trial.arm]
+        target = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        name = "val" if trial.phase == "tune" else "test"
+        eval_seconds, last = 0.0, {}
+
+        def score(ckpt, sets: tuple[str, ...]) -> dict:
+            nonlocal eval_seconds
+            started = time.perf_counter()
+            out = {}
+            for split in sets:
+                scores = evaluate(ckpt.model.to(target), ckpt.tokenizer, ckpt.config.prompt_template,
+                                  splits[split], splits[f"{split}_pairs"], self.sizes.max_new_tokens)  # fmt: skip
+                last[split] = scores.pop("predictions")
+                out[split] = scores
+            eval_seconds += time.perf_counter() - started
+            return out
+
         with tempfile.TemporaryDirectory() as tmp:
             train_file = Path(tmp) / "train.csv"  # derived data stays in a temporary folder
             write_pairs(train_file, splits["train"])
-            options_ = train_options(arm, train_file, Path(tmp) / "run", trial.lr, trial.epochs, trial.seed,
-                                     options.device)  # fmt: skip
+            options_ = train_options(ARMS[trial.arm], train_file, Path(tmp) / "run", trial.lr, trial.epochs,
+                                     trial.seed, options.device)  # fmt: skip
             started = time.perf_counter()
-            summary = train(options_)
-            wall_train = time.perf_counter() - started
-            ckpt = load_checkpoint(Path(tmp) / "run")
-            history = ckpt.config["training"]["history"]
-            target = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-            model = ckpt.model.to(target)
-            started = time.perf_counter()
-            name = "val" if trial.phase == "tune" else "test"
-            scores = evaluate(model, ckpt.tokenizer, ckpt.config["prompt_template"], splits[name],
-                              splits[f"{name}_pairs"], self.sizes.max_new_tokens)  # fmt: skip
-            eval_seconds = time.perf_counter() - started
-        predictions = scores.pop("predictions")
+            per_epoch = None
+            if trial.phase == "final" and trial.arm in SELECTION_PAIR:
+                steps_per_epoch = -(-len(splits["train"]) // BATCH)
+                summary, per_epoch = train_scoring_epochs(options_, steps_per_epoch, lambda c: score(c, ("val", "test")))
+                scores = per_epoch[-1]["test"]
+            else:
+                summary = train(options_)
+                scores = score(load_checkpoint(Path(tmp) / "run"), (name,))[name]
+            wall = time.perf_counter() - started
+            history = read_checkpoint_config(Path(tmp) / "run").training["history"]
+        predictions = last[name]
         return {
             **self.record(trial),
             "experts": options_.mixture.experts,
@@ -336,9 +372,10 @@ class E2EGeneration(Protocol):
             "steps": summary["steps"],
             "train_loss_per_epoch": [h["train_loss"] for h in history],
             "scores": {name: scores},
+            **({"per_epoch": per_epoch} if per_epoch else {}),
             "train_seconds": summary["train_seconds"],
             "seconds_per_step": round(summary["train_seconds"] / max(summary["steps"], 1), 2),
-            "wall_train_seconds": round(wall_train, 1),
+            "wall_train_seconds": round(wall - eval_seconds, 1),
             "eval_seconds": round(eval_seconds, 1),
             "trainable_parameters": summary["trainable_parameters"],
             "device": str(target),
@@ -390,7 +427,7 @@ class E2EGeneration(Protocol):
                 )
             path = resolve_model(MODEL)
             tokenizer = load_tokenizer(path)
-            spec = train_options(ARMS[ADAMIX], train_file, output, 1e-3, 1, 0, None).mixture
+            spec = train_options(ARMS["adamix-lora-4x"], train_file, output, 1e-3, 1, 0, None).mixture
             model, _ = build_mixture_model(path, "generation", None, spec, tokenizer)
             model.to(torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu")))
             n = min(options.eval_mrs, len(splits["test"]))
@@ -418,7 +455,7 @@ class E2EGeneration(Protocol):
         lrs = {name: chosen_lr(done, sizes, name) for name in ARMS}
         summary = {
             "protocol": {**asdict(sizes), "split_seed": SPLIT_SEED, "batch": BATCH, "max_length": MAX_LENGTH,
-                         "adamix_epoch_multiplier": ADAMIX_EPOCH_MULTIPLIER, "recipe": RECIPE, "model": MODEL},
+                         "arms": {n: asdict(a) for n, a in ARMS.items()}, "recipe": RECIPE, "model": MODEL},
             "splits": make_splits(sizes)["info"] if E2E.is_dir() else previous.get("splits"),
             "tuning": [{"arm": r["arm"], "lr": r["lr"], "seed": r["seed"],
                         **{k: r["scores"]["val"][k] for k in ("bleu", "rouge_l", "loss")}}
@@ -454,23 +491,40 @@ class E2EGeneration(Protocol):
                           f"{entry['train_seconds_median']:.0f}"])  # fmt: skip
         out.table(["arm", "lr", "epochs", "steps", "seeds", "BLEU (95 % CI)", "ROUGE-L (95 % CI)",
                    "test loss (95 % CI)", "s/step (median)", "train s (median)"], table)  # fmt: skip
-        seeds = sorted(set(finals[ADAMIX]) & set(finals[SINGLE]))
-        if len(seeds) >= 2:
+        for arm, other in COMPARISONS:
+            seeds = sorted(set(finals[arm]) & set(finals[other]))
+            if len(seeds) < 2:
+                continue
             table = []
             for metric, (label, higher) in METRICS.items():
-                diffs = [finals[ADAMIX][s]["scores"]["test"][metric] - finals[SINGLE][s]["scores"]["test"][metric]
+                diffs = [finals[arm][s]["scores"]["test"][metric] - finals[other][s]["scores"]["test"][metric]
                          for s in seeds]  # fmt: skip
                 result = paired(diffs, higher)
-                summary["comparisons"].append({"arm": ADAMIX, "against": SINGLE, "metric": metric, "seeds": seeds,
+                summary["comparisons"].append({"arm": arm, "against": other, "metric": metric, "seeds": seeds,
                                                "differences": diffs, "mean_ci": result["interval"],
                                                "wins": result["wins"]})  # fmt: skip
                 digits = 4 if metric == "loss" else 2
                 table.append([label, len(seeds), ", ".join(f"{d:+.{digits}f}" for d in diffs),
                               _cell(result["interval"], digits, "+"), f"{result['wins']}/{len(seeds)}"])  # fmt: skip
             out()
-            out.table([f"{ADAMIX} minus {SINGLE}", "paired seeds", f"per seed ({', '.join(map(str, seeds))})",
+            out.table([f"{arm} minus {other}", "paired seeds", f"per seed ({', '.join(map(str, seeds))})",
                        "mean difference (95 % CI)", "seeds won"], table)  # fmt: skip
+        self._report_selection(finals, summary, out)
         return summary, out
+
+    def _report_selection(self, finals: dict, summary: dict, out: Markdown) -> None:
+        """SELECTION_PAIR picked three ways (last, best epoch on validation, best epoch on test), per metric."""
+        arm, other = SELECTION_PAIR
+        runs = {name: {seed: r["per_epoch"] for seed, r in finals[name].items() if "per_epoch" in r}
+                for name in SELECTION_PAIR}  # fmt: skip
+        summary["selection"] = []
+        if len(set(runs[arm]) & set(runs[other])) < 2:
+            return
+        for metric, (label, higher) in METRICS.items():
+            study = selection_study(runs, arm, other, "test", metric, higher)
+            summary["selection"].append({"arm": arm, "against": other, "label": label, **study})
+            out()
+            out.table(selection_header(study, arm, other), selection_rows(study, arm, other, 4 if metric == "loss" else 2))
 
     def plot(self, summary: dict, path: Path) -> None:
         arms = list(summary["arms"])
@@ -478,22 +532,21 @@ class E2EGeneration(Protocol):
             return
         plt = pyplot()
         fig, axes = plt.subplots(2, len(METRICS), figsize=(4.4 * len(METRICS), 7.5), squeeze=False)
-        comparisons = {c["metric"]: c for c in summary["comparisons"]}
         for column, (metric, (label, higher)) in enumerate(METRICS.items()):
             top, bottom = axes[0][column], axes[1][column]
             for i, arm in enumerate(arms):
                 entry = summary["arms"][arm]
                 top.scatter([i] * len(entry[f"{metric}_per_seed"]), entry[f"{metric}_per_seed"], s=14, alpha=0.6)
                 interval_marker(top, i, entry[metric])
-            top.set_xticks(range(len(arms)), arms)
+            top.set_xticks(range(len(arms)), arms, fontsize=7)
             top.set_title(f"test {label}, per seed and mean (95 % CI)", fontsize=9)
-            if metric in comparisons:
-                c = comparisons[metric]
-                paired_differences(bottom, 0, c["differences"], c["mean_ci"])
-                bottom.axhline(0, color="grey", lw=0.8)
-                bottom.set_xticks([0], [f"{c['wins']}/{len(c['seeds'])} seeds won"])
-            bottom.set_title(f"{ADAMIX} minus {SINGLE}: {label} ({'higher' if higher else 'lower'} is better)",
-                             fontsize=9)  # fmt: skip
+            shown = [c for c in summary["comparisons"] if c["metric"] == metric]
+            for i, c in enumerate(shown):
+                paired_differences(bottom, i, c["differences"], c["mean_ci"])
+            bottom.axhline(0, color="grey", lw=0.8)
+            bottom.set_xticks(range(len(shown)), [f"{c['arm']}\nminus {c['against']}\n{c['wins']}/{len(c['seeds'])} "
+                                                  "seeds won" for c in shown], fontsize=6)  # fmt: skip
+            bottom.set_title(f"paired differences: {label} ({'higher' if higher else 'lower'} is better)", fontsize=9)
         p = summary["protocol"]
         fig.suptitle(f"E2E, SmolLM2-135M: {p['train_pairs']} train pairs, {p['test_mrs']} test MRs, merged model "
                      "(average routing), mean and 95 % t-interval over seeds", fontsize=9)  # fmt: skip

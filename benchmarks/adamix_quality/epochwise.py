@@ -43,3 +43,66 @@ def selected(per_epoch: list[dict], chooser: str | None, reported: str, metric: 
             if (value > kept) if higher else (value < kept):
                 row = candidate
     return {"epoch": row["epoch"], "score": row[reported][metric]}
+
+
+def selection_study(
+    runs: dict[str, dict[int, list[dict]]],
+    arm: str,
+    other: str,
+    reported: str,
+    metric: str,
+    higher: bool,
+    scale: float = 1.0,
+) -> dict:
+    """``arm`` and ``other`` (per seed, their per-epoch scores) under the three ways of picking a checkpoint,
+    scored on ``reported``: each arm's mean (95 % t-interval), its mean gain over its own last checkpoint, the
+    mean epoch picked, and the paired ``arm`` minus ``other`` difference (interval, seeds won). Seeds both ran."""
+    from benchmarks.common.stats import paired, t_interval
+
+    seeds = sorted(set(runs[arm]) & set(runs[other]))
+    ways = {"last checkpoint": None, "best epoch on validation": "val", f"best epoch on {reported}": reported}
+    out = {"reported": reported, "metric": metric, "seeds": seeds, "ways": {}}
+    for way, chooser in ways.items():
+        picked = {
+            name: [selected(runs[name][s], chooser, reported, metric, higher) for s in seeds] for name in (arm, other)
+        }
+        last = {name: [selected(runs[name][s], None, reported, metric, higher) for s in seeds] for name in (arm, other)}
+        entry = {}
+        for name in (arm, other):
+            scores = [scale * p["score"] for p in picked[name]]
+            entry[name] = {
+                "score": t_interval(scores),
+                "gain_over_last": t_interval([scale * (p["score"] - q["score"]) for p, q in
+                                              zip(picked[name], last[name], strict=True)]),  # fmt: skip
+                "mean_epoch": sum(p["epoch"] for p in picked[name]) / len(seeds),
+                "epochs": len(runs[name][seeds[0]]),
+            }
+        differences = [scale * (a["score"] - b["score"]) for a, b in zip(picked[arm], picked[other], strict=True)]
+        result = paired(differences, higher)
+        entry["difference"] = {"per_seed": differences, "interval": result["interval"], "wins": result["wins"]}
+        out["ways"][way] = entry
+    return out
+
+
+def selection_rows(study: dict, arm: str, other: str, digits: int = 2) -> list[list]:
+    """Table rows of one `selection_study`: one per way of picking."""
+
+    def cell(interval, sign: str = "") -> str:
+        mean, lo, hi = interval
+        return f"{mean:{sign}.{digits}f} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
+
+    rows = []
+    for way, entry in study["ways"].items():
+        a, b, d = entry[arm], entry[other], entry["difference"]
+        rows.append([way, f"{cell(a['score'])} (epoch {a['mean_epoch']:.1f} of {a['epochs']})",
+                     f"{cell(b['score'])} (epoch {b['mean_epoch']:.1f} of {b['epochs']})",
+                     cell(a["gain_over_last"], "+"), cell(b["gain_over_last"], "+"), cell(d["interval"], "+"),
+                     f"{d['wins']}/{len(study['seeds'])}"])  # fmt: skip
+    return rows
+
+
+def selection_header(study: dict, arm: str, other: str) -> list[str]:
+    reported, metric = study["reported"], study["metric"]
+    return [f"picked by ({len(study['seeds'])} seeds; {metric} on {reported})", f"{arm} (mean epoch)",
+            f"{other} (mean epoch)", f"{arm} gain over its last", f"{other} gain over its last",
+            f"{arm} minus {other} (95 % CI)", "seeds won"]  # fmt: skip

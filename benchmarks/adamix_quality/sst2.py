@@ -42,7 +42,12 @@ from benchmarks.common.pages import Markdown
 from benchmarks.common.paths import WORK
 from benchmarks.common.plots import means_with_intervals, paired_differences, pyplot, save
 from benchmarks.common.stats import median_of, paired, t_interval
-from benchmarks.adamix_quality.epochwise import train_scoring_epochs
+from benchmarks.adamix_quality.epochwise import (
+    selection_header,
+    selection_rows,
+    selection_study,
+    train_scoring_epochs,
+)
 from benchmarks.common.trials import Protocol, Trial
 
 SPLITS = WORK / "sst2_splits"  # derived from ../shared/data, so never committed; SPLIT_SEED recreates them
@@ -305,7 +310,29 @@ class SST2(Protocol):
                           _signed(dev["interval"])])  # fmt: skip
         out.table(["AdaMix arm vs", "paired seeds", "mean test difference (95 % CI)", "seeds won",
                    "dev difference (95 % CI)"], table)  # fmt: skip
+        self._report_selection(done, summary, out)
         return summary, out
+
+    def _report_selection(self, done: dict, summary: dict, out: Markdown) -> None:
+        """The selection study: each pair picked three ways, reported on the test split and on the dev set."""
+        summary["selection"] = []
+        for arm, other in SELECTION_PAIRS:
+            runs = {name: {r["seed"]: r["per_epoch"] for r in done.values()
+                           if r["phase"] == "epochs" and r["arm"] == name} for name in (arm, other)}  # fmt: skip
+            if len(set(runs[arm]) & set(runs[other])) < 2:
+                continue
+            for reported in ("test", "dev"):
+                study = selection_study(runs, arm, other, reported, "accuracy", True, scale=100)
+                summary["selection"].append({"arm": arm, "against": other, **study})
+                out()
+                out.table(selection_header(study, arm, other), selection_rows(study, arm, other))
+            # the last epoch of an epoch-by-epoch run against the plain final run of the same setting and seed
+            gaps = [abs(done[f"final|{name}|{r['lr']:g}|{r['epochs']}|{r['seed']}"]["scores"]["test_average"]
+                        ["accuracy"] - r["per_epoch"][-1]["test"]["accuracy"])
+                    for name in (arm, other) for r in done.values()
+                    if r["phase"] == "epochs" and r["arm"] == name]  # fmt: skip
+            out(f"\n{arm}, {other}: last epoch of the epoch-by-epoch runs against the final runs of the same seeds, "
+                f"largest test accuracy difference {100 * max(gaps):.2f} points ({len(gaps)} runs)\n")  # fmt: skip
 
     def plot(self, summary: dict, path: Path) -> None:
         arms = [a for a, e in summary["arms"].items() if "test" in e]

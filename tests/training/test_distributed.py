@@ -96,6 +96,21 @@ def test_resume_under_torchrun_equals_the_uninterrupted_run(
 
 
 @pytest.mark.integration
+def test_select_best_under_torchrun_chooses_as_one_process(quiet_bert, sentiment_files, tmp_path):
+    """Rank 0 evaluates, every rank keeps the same best weights, the one writer saves them."""
+    extra = ("--select-best", "loss", "--eval-every", "5")
+    torchrun(*train_args(quiet_bert, sentiment_files, tmp_path / "two", *extra))
+    run("adamix-train", *train_args(quiet_bert, sentiment_files, tmp_path / "one", *extra))
+    one, two = (read_checkpoint_config(tmp_path / name).training for name in ("one", "two"))
+    assert [e["step"] for e in one["evaluations"]] == [e["step"] for e in two["evaluations"]] == [5, 10, 15, 20, 24]
+    assert one["selection"]["step"] == two["selection"]["step"]
+    assert two["selection"]["score"] == pytest.approx(one["selection"]["score"], rel=1e-5)
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=ATOL, msg=k)
+
+
+@pytest.mark.integration
 def test_batch_not_divisible_by_the_processes_is_one_line_and_exit_2(
     quiet_bert, sentiment_files, tmp_path, monkeypatch
 ):
