@@ -213,7 +213,9 @@ class TrainOptions:
             return
         metric = SELECTION_METRICS.get(self.select_best)
         if metric is None:
-            raise AdamixError(f"select best must be one of {', '.join(SELECTION_METRICS)}, got {self.select_best!r}")
+            raise AdamixError(
+                f"select best must be one of {', '.join(SELECTION_METRICS)}, got {self.select_best!r}"
+            )
         if self.task not in metric.keys:
             usable = [name for name, m in SELECTION_METRICS.items() if self.task in m.keys]
             raise AdamixError(f"--select-best {self.select_best} does not apply to {self.task} (use one of "

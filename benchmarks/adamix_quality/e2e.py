@@ -357,7 +357,9 @@ class E2EGeneration(Protocol):
             per_epoch = None
             if trial.phase == "final" and trial.arm in SELECTION_PAIR:
                 steps_per_epoch = -(-len(splits["train"]) // BATCH)
-                summary, per_epoch = train_scoring_epochs(options_, steps_per_epoch, lambda c: score(c, ("val", "test")))
+                summary, per_epoch = train_scoring_epochs(
+                    options_, steps_per_epoch, lambda c: score(c, ("val", "test"))
+                )
                 scores = per_epoch[-1]["test"]
             else:
                 summary = train(options_)
@@ -524,7 +526,10 @@ class E2EGeneration(Protocol):
             study = selection_study(runs, arm, other, "test", metric, higher)
             summary["selection"].append({"arm": arm, "against": other, "label": label, **study})
             out()
-            out.table(selection_header(study, arm, other), selection_rows(study, arm, other, 4 if metric == "loss" else 2))
+            out.table(
+                selection_header(study, arm, other),
+                selection_rows(study, arm, other, 4 if metric == "loss" else 2),
+            )
 
     def plot(self, summary: dict, path: Path) -> None:
         arms = list(summary["arms"])
@@ -546,7 +551,9 @@ class E2EGeneration(Protocol):
             bottom.axhline(0, color="grey", lw=0.8)
             bottom.set_xticks(range(len(shown)), [f"{c['arm']}\nminus {c['against']}\n{c['wins']}/{len(c['seeds'])} "
                                                   "seeds won" for c in shown], fontsize=6)  # fmt: skip
-            bottom.set_title(f"paired differences: {label} ({'higher' if higher else 'lower'} is better)", fontsize=9)
+            bottom.set_title(
+                f"paired differences: {label} ({'higher' if higher else 'lower'} is better)", fontsize=9
+            )
         p = summary["protocol"]
         fig.suptitle(f"E2E, SmolLM2-135M: {p['train_pairs']} train pairs, {p['test_mrs']} test MRs, merged model "
                      "(average routing), mean and 95 % t-interval over seeds", fontsize=9)  # fmt: skip

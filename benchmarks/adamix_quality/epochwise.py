@@ -14,7 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 
 
-def train_scoring_epochs(options, steps_per_epoch: int, score: Callable[[object], dict]) -> tuple[dict, list[dict]]:
+def train_scoring_epochs(
+    options, steps_per_epoch: int, score: Callable[[object], dict]
+) -> tuple[dict, list[dict]]:
     """Train ``options`` (a TrainOptions) to the end, calling ``score(checkpoint)`` after each epoch; returns the
     final training summary and one ``{"epoch", "step", **score}`` per epoch."""
     from adamix_deploy.checkpoint import load_checkpoint
@@ -64,16 +66,20 @@ def selection_study(
     out = {"reported": reported, "metric": metric, "seeds": seeds, "ways": {}}
     for way, chooser in ways.items():
         picked = {
-            name: [selected(runs[name][s], chooser, reported, metric, higher) for s in seeds] for name in (arm, other)
+            name: [selected(runs[name][s], chooser, reported, metric, higher) for s in seeds]
+            for name in (arm, other)
         }
-        last = {name: [selected(runs[name][s], None, reported, metric, higher) for s in seeds] for name in (arm, other)}
+        last = {
+            name: [selected(runs[name][s], None, reported, metric, higher) for s in seeds] for name in (arm, other)
+        }
         entry = {}
         for name in (arm, other):
             scores = [scale * p["score"] for p in picked[name]]
             entry[name] = {
                 "score": t_interval(scores),
-                "gain_over_last": t_interval([scale * (p["score"] - q["score"]) for p, q in
-                                              zip(picked[name], last[name], strict=True)]),  # fmt: skip
+                "gain_over_last": t_interval(
+                    [scale * (p["score"] - q["score"]) for p, q in zip(picked[name], last[name], strict=True)]
+                ),  # fmt: skip
                 "mean_epoch": sum(p["epoch"] for p in picked[name]) / len(seeds),
                 "epochs": len(runs[name][seeds[0]]),
             }

@@ -38,16 +38,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common.pages import Markdown
-from benchmarks.common.paths import WORK
-from benchmarks.common.plots import means_with_intervals, paired_differences, pyplot, save
-from benchmarks.common.stats import median_of, paired, t_interval
 from benchmarks.adamix_quality.epochwise import (
     selection_header,
     selection_rows,
     selection_study,
     train_scoring_epochs,
 )
+from benchmarks.common.pages import Markdown
+from benchmarks.common.paths import WORK
+from benchmarks.common.plots import means_with_intervals, paired_differences, pyplot, save
+from benchmarks.common.stats import median_of, paired, t_interval
 from benchmarks.common.trials import Protocol, Trial
 
 SPLITS = WORK / "sst2_splits"  # derived from ../shared/data, so never committed; SPLIT_SEED recreates them
@@ -247,7 +247,9 @@ class SST2(Protocol):
                     items = encode_classification(checkpoint.tokenizer, examples, checkpoint.config.labels,
                                                   MAX_LENGTH, model_input_names(checkpoint.model))  # fmt: skip
                     encoded[name] = sorted(items, key=lambda item: len(item["input_ids"]))
-                result = evaluate_classification(checkpoint.model, encoded[name], checkpoint.tokenizer.pad_token_id)
+                result = evaluate_classification(
+                    checkpoint.model, encoded[name], checkpoint.tokenizer.pad_token_id
+                )
                 out[name] = {k: result[k] for k in SCORES}
             return out
 
@@ -262,7 +264,9 @@ class SST2(Protocol):
 
     def describe(self, row: dict) -> str:
         if row["phase"] == "epochs":
-            accuracy = " ".join(f"{e['val']['accuracy']:.3f}/{e['test']['accuracy']:.3f}" for e in row["per_epoch"])
+            accuracy = " ".join(
+                f"{e['val']['accuracy']:.3f}/{e['test']['accuracy']:.3f}" for e in row["per_epoch"]
+            )
             return f"{row['key']}: val/test by epoch {accuracy} ({row['wall_seconds']} s)"
         return f"{row['key']}: val {row['scores']['val_average']['accuracy']:.4f} ({row['train_seconds']} s)"
 

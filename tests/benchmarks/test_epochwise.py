@@ -37,7 +37,10 @@ def test_scored_epoch_by_epoch_ends_as_the_plain_run(tiny_bert, sentiment_files,
 
 
 def rows(val: list[float], test: list[float]) -> list[dict]:
-    return [{"epoch": i + 1, "val": {"accuracy": v}, "test": {"accuracy": t}} for i, (v, t) in enumerate(zip(val, test))]
+    return [
+        {"epoch": i + 1, "val": {"accuracy": v}, "test": {"accuracy": t}}
+        for i, (v, t) in enumerate(zip(val, test, strict=True))
+    ]
 
 
 def test_the_three_ways_of_picking():
@@ -50,7 +53,11 @@ def test_the_three_ways_of_picking():
 
 def test_picking_on_the_reported_set_never_scores_below_the_last_checkpoint():
     runs = {
-        "mixture": {0: rows([0.5, 0.6], [0.70, 0.72]), 1: rows([0.6, 0.5], [0.75, 0.71]), 2: rows([1, 0], [0.7, 0.7])},
+        "mixture": {
+            0: rows([0.5, 0.6], [0.70, 0.72]),
+            1: rows([0.6, 0.5], [0.75, 0.71]),
+            2: rows([1, 0], [0.7, 0.7]),
+        },
         "single": {0: rows([0.5], [0.71]), 1: rows([0.5], [0.73]), 2: rows([0.5], [0.69])},
     }
     study = selection_study(runs, "mixture", "single", "test", "accuracy", True, scale=100)

@@ -102,7 +102,9 @@ def test_select_best_under_torchrun_chooses_as_one_process(quiet_bert, sentiment
     torchrun(*train_args(quiet_bert, sentiment_files, tmp_path / "two", *extra))
     run("adamix-train", *train_args(quiet_bert, sentiment_files, tmp_path / "one", *extra))
     one, two = (read_checkpoint_config(tmp_path / name).training for name in ("one", "two"))
-    assert [e["step"] for e in one["evaluations"]] == [e["step"] for e in two["evaluations"]] == [5, 10, 15, 20, 24]
+    assert (
+        [e["step"] for e in one["evaluations"]] == [e["step"] for e in two["evaluations"]] == [5, 10, 15, 20, 24]
+    )
     assert one["selection"]["step"] == two["selection"]["step"]
     assert two["selection"]["score"] == pytest.approx(one["selection"]["score"], rel=1e-5)
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
