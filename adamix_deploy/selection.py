@@ -34,6 +34,11 @@ SELECTION_METRICS = {
 }
 
 
+def improves(score: float, best: float | None, higher_is_better: bool) -> bool:
+    """Whether ``score`` beats the best so far (strictly: a tie keeps the earlier one; None: nothing yet)."""
+    return best is None or (score > best if higher_is_better else score < best)
+
+
 @dataclass
 class Selection:
     """The best evaluation so far of one run (JSON in the checkpoint; its weights are kept by the loop)."""
@@ -51,10 +56,10 @@ class Selection:
     def offer(self, step: int, epoch: float, metrics: dict) -> bool:
         """Keep this evaluation if it beats the best so far (strictly: a tie keeps the earlier one); True if so."""
         score = float(metrics[SELECTION_METRICS[self.metric].keys[self.task]])
-        better = self.score is None or (score > self.score if self.higher_is_better else score < self.score)
-        if better:
-            self.step, self.epoch, self.score = step, epoch, score
-        return better
+        if not improves(score, self.score, self.higher_is_better):
+            return False
+        self.step, self.epoch, self.score = step, epoch, score
+        return True
 
     def to_dict(self) -> dict:
         return {**asdict(self), "higher_is_better": self.higher_is_better}

@@ -36,13 +36,14 @@ def train_scoring_epochs(
 
 def selected(per_epoch: list[dict], chooser: str | None, reported: str, metric: str, higher: bool) -> dict:
     """The epoch a protocol picks and its ``reported`` score: ``chooser`` None is the last epoch; otherwise
-    the epoch with the best ``chooser`` score (ties: the earlier epoch, as a best-so-far rule keeps it)."""
+    the epoch with the best ``chooser`` score, by `adamix-train --select-best`'s rule (ties: the earlier)."""
+    from adamix_deploy.selection import improves
+
     row = per_epoch[-1]
     if chooser is not None:
         row = per_epoch[0]
         for candidate in per_epoch[1:]:
-            value, kept = candidate[chooser][metric], row[chooser][metric]
-            if (value > kept) if higher else (value < kept):
+            if improves(candidate[chooser][metric], row[chooser][metric], higher):
                 row = candidate
     return {"epoch": row["epoch"], "score": row[reported][metric]}
 
