@@ -2,6 +2,7 @@
 
 Reading order: ``TrainOptions`` (`config.py`: what the CLI passes), ``train`` here (top to bottom: data, model,
 loop, save), ``adamix_loss`` (`objective.py`: the method's objective). Resume state: `training_state.py`.
+``--select-best`` (which evaluation's weights the finished checkpoint keeps): `selection.py`.
 Several processes (torchrun): `distributed.py`; ``dist`` below is a single process outside torchrun, where each
 of its calls does what the loop did before.
 """
