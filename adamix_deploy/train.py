@@ -197,11 +197,11 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
             metrics.update({k: v for k, v in decode().items() if k != "samples"})
         return metrics
 
-    def evaluation_point() -> dict:
+    def evaluation_point() -> None:
         """Evaluate (rank 0; every rank gets the metrics), record it, and keep the weights if they are the best."""
         nonlocal best_weights
         if not eval_items:
-            return {}
+            return
         metrics = dist.from_main(evaluate)
         epoch = round(step / steps_per_epoch, 3)
         evaluations.append({"step": step, "epoch": epoch, "eval": metrics})
@@ -210,7 +210,6 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
         if dist.is_main and selection is not None:
             tqdm.write(f"step {step}: {selection.metric} best {selection.score:.4f} at step {selection.step}",
                        file=sys.stderr)  # fmt: skip
-        return metrics
 
     steps_this_run = 0
 
@@ -225,7 +224,6 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
         if step == epoch * steps_per_epoch:
             losses = []
         start = time.perf_counter()
-        epoch_metrics = {}
         for index in range(step - epoch * steps_per_epoch, steps_per_epoch):
             chunk = order[index * options.batch_size : (index + 1) * options.batch_size].tolist()
             items, weight = dist.shard(chunk, train_items, options.task)  # this rank's part of the global batch
@@ -244,7 +242,7 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
             bar.set_postfix(loss=f"{losses[-1]:.4f}", kl=f"{parts['consistency']:.4f}")
             if options.eval_every and (step % options.eval_every == 0 or step == total_steps):
                 elapsed += time.perf_counter() - start  # evaluation time is not training time
-                epoch_metrics = evaluation_point()
+                evaluation_point()
                 model.train()
                 start = time.perf_counter()
             if stopping() and index < steps_per_epoch - 1:  # at an epoch's end: after its evaluation
@@ -258,9 +256,9 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
                 save(complete=False)
         elapsed += time.perf_counter() - start
         if not options.eval_every:
-            epoch_metrics = evaluation_point()
-        elif not (evaluations and evaluations[-1]["step"] == step):
-            epoch_metrics = {}  # --eval-every: this epoch's end was no evaluation point
+            evaluation_point()
+        # the epoch's record carries the evaluation at its last step (--eval-every: if that step was one)
+        epoch_metrics = evaluations[-1]["eval"] if evaluations and evaluations[-1]["step"] == step else {}
         history.append({"epoch": epoch + 1, "step": step, "train_loss": mean(losses), "eval": epoch_metrics})
         if dist.is_main:
             tqdm.write(epoch_line(epoch + 1, options.epochs, history[-1]), file=sys.stderr)
