@@ -115,7 +115,7 @@ def _train(options: TrainOptions, resume: bool, overwrite: bool, dist: Distribut
         model_path, options.task, labels, spec, tokenizer, train_pooler=options.train_pooler,
         freeze_head=options.freeze_head, notice=(lambda line: print(line, file=sys.stderr)) if dist.is_main else None,
     )  # fmt: skip
-    # GPU runs differ from CPU runs only in floating-point order (and a resume there reuses the CPU RNG only)
+    # GPU runs differ from CPU runs in floating-point order and in their dropout generator (the GPU's)
     device = dist.choose_device(options.device)
     model.to(device)
 
