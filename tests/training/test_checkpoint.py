@@ -72,7 +72,9 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
-def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(tiny_bert, sentiment_files, tmp_path, device):
+def test_resume_continues_to_the_same_weights_as_an_uninterrupted_run(
+    tiny_bert, sentiment_files, tmp_path, device
+):
     straight = train(options(tiny_bert, sentiment_files, tmp_path / "a", device=device))
     partial = train(options(tiny_bert, sentiment_files, tmp_path / "b", stop_after=4, device=device))
     assert partial == {"output": str(tmp_path / "b"), "complete": False, "step": 4, "total_steps": 12}
