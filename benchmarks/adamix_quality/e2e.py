@@ -527,7 +527,7 @@ class E2EGeneration(Protocol):
             summary["selection"].append({"arm": arm, "against": other, "label": label, **study})
             out()
             out.table(
-                selection_header(study, arm, other),
+                selection_header(study, arm, other, label),
                 selection_rows(study, arm, other, 4 if metric == "loss" else 2),
             )
 

@@ -58,7 +58,7 @@ def selection_study(
     scale: float = 1.0,
 ) -> dict:
     """``arm`` and ``other`` (per seed, their per-epoch scores) under the three ways of picking a checkpoint,
-    scored on ``reported``: each arm's mean (95 % t-interval), its mean gain over its own last checkpoint, the
+    scored on ``reported``: each arm's mean (95 % t-interval), its mean change from its own last checkpoint, the
     mean epoch picked, and the paired ``arm`` minus ``other`` difference (interval, seeds won). Seeds both ran."""
     from benchmarks.common.stats import paired, t_interval
 
@@ -78,7 +78,7 @@ def selection_study(
             scores = [scale * p["score"] for p in picked[name]]
             entry[name] = {
                 "score": t_interval(scores),
-                "gain_over_last": t_interval(
+                "change_from_last": t_interval(
                     [scale * (p["score"] - q["score"]) for p, q in zip(picked[name], last[name], strict=True)]
                 ),  # fmt: skip
                 "mean_epoch": sum(p["epoch"] for p in picked[name]) / len(seeds),
@@ -103,13 +103,14 @@ def selection_rows(study: dict, arm: str, other: str, digits: int = 2) -> list[l
         a, b, d = entry[arm], entry[other], entry["difference"]
         rows.append([way, f"{cell(a['score'])} (epoch {a['mean_epoch']:.1f} of {a['epochs']})",
                      f"{cell(b['score'])} (epoch {b['mean_epoch']:.1f} of {b['epochs']})",
-                     cell(a["gain_over_last"], "+"), cell(b["gain_over_last"], "+"), cell(d["interval"], "+"),
+                     cell(a["change_from_last"], "+"), cell(b["change_from_last"], "+"), cell(d["interval"], "+"),
                      f"{d['wins']}/{len(study['seeds'])}"])  # fmt: skip
     return rows
 
 
-def selection_header(study: dict, arm: str, other: str) -> list[str]:
-    reported, metric = study["reported"], study["metric"]
+def selection_header(study: dict, arm: str, other: str, label: str | None = None) -> list[str]:
+    """The header of `selection_rows`' table; ``label`` names the metric (default: its key)."""
+    reported, metric = study["reported"], label or study["metric"]
     return [f"picked by ({len(study['seeds'])} seeds; {metric} on {reported})", f"{arm} (mean epoch)",
-            f"{other} (mean epoch)", f"{arm} gain over its last", f"{other} gain over its last",
+            f"{other} (mean epoch)", f"{arm} change from its last", f"{other} change from its last",
             f"{arm} minus {other} (95 % CI)", "seeds won"]  # fmt: skip

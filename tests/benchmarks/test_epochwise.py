@@ -64,6 +64,6 @@ def test_picking_on_the_reported_set_never_scores_below_the_last_checkpoint():
     last, on_val, on_test = study["ways"].values()
     assert last["difference"]["per_seed"] == pytest.approx([1.0, -2.0, 1.0])
     assert on_val["difference"]["per_seed"] == pytest.approx([1.0, 2.0, 1.0])  # seed 1 picks epoch 1 on val
-    assert on_test["mixture"]["gain_over_last"][0] == pytest.approx(4 / 3)
-    assert on_test["single"]["gain_over_last"][0] == 0  # one epoch: nothing to pick
+    assert on_test["mixture"]["change_from_last"][0] == pytest.approx(4 / 3)
+    assert on_test["single"]["change_from_last"][0] == 0  # one epoch: nothing to pick
     assert on_test["mixture"]["mean_epoch"] == pytest.approx(4 / 3) and on_test["difference"]["wins"] == 3
