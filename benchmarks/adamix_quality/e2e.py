@@ -19,7 +19,8 @@ The protocol, fixed before any run:
     lora-4x         the single module for 4 epochs: the control for training length (added with the 4x
                     arm: is AdaMix at 4x level with a single LoRA trained as long?)
   The comparisons (COMPARISONS): adamix-lora-2x and adamix-lora-4x against lora (the paper's framing), and
-  adamix-lora-4x against lora-4x (the same budget).
+  adamix-lora-4x against lora-4x (the same budget); lora-4x against lora (what the longer schedule alone gives;
+  added to the report after the runs, it reads the same runs and feeds no choice).
 - Learning rate: tuned per arm, alike. With more than one value in LRS each arm's rate is chosen on the
   validation set only (never on test), by that arm's mean validation token loss (no smoothing, the merged
   model) over TUNING_SEEDS (never reused in the final runs), ties to the smaller rate. The epochs are not
@@ -152,6 +153,7 @@ COMPARISONS = [  # (arm, against): the paired differences the report shows
     ("adamix-lora-2x", "lora"),
     ("adamix-lora-4x", "lora"),  # the paper's comparison: AdaMix at 4x the single LoRA's budget
     ("adamix-lora-4x", "lora-4x"),  # ... and against a single LoRA trained as long
+    ("lora-4x", "lora"),  # what the longer schedule alone gives the single LoRA
 ]
 SELECTION_PAIR = ("adamix-lora-4x", "lora-4x")  # final runs scored after every epoch (epochwise.py)
 METRICS = {  # key in a run's test scores: (label, higher is better)
