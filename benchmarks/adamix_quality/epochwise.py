@@ -65,13 +65,13 @@ def selection_study(
     seeds = sorted(set(runs[arm]) & set(runs[other]))
     ways = {"last checkpoint": None, "best epoch on validation": "val", f"best epoch on {reported}": reported}
     out = {"reported": reported, "metric": metric, "seeds": seeds, "ways": {}}
+    last = {
+        name: [selected(runs[name][s], None, reported, metric, higher) for s in seeds] for name in (arm, other)
+    }
     for way, chooser in ways.items():
         picked = {
             name: [selected(runs[name][s], chooser, reported, metric, higher) for s in seeds]
             for name in (arm, other)
-        }
-        last = {
-            name: [selected(runs[name][s], None, reported, metric, higher) for s in seeds] for name in (arm, other)
         }
         entry = {}
         for name in (arm, other):
